@@ -1,0 +1,51 @@
+"""Merging window predictions into one prediction for the whole latent.
+
+Gen-L-Video (Wang et al. 2023) and GLC-Diffusion (Ma et al., paper 004, Eq. 3) pose the
+step as a weighted least-squares problem over overlapping windows; its closed form is the
+weighted average below. GLC's path fusion (Eq. 9) then mixes the global and local merges.
+We merge *predictions* and step the scheduler once (DESIGN decision 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .windows import Window
+
+
+def wls_merge(preds: list[torch.Tensor], windows: list[Window], num_frames: int) -> torch.Tensor:
+    """Closed-form WLS merge (GLC Eq. 3): ``merged[f] = sum_i W_i[f] pred_i[f] / sum_i W_i[f]``.
+
+    ``preds[i]`` is ``[C, len(windows[i]), h, w]``; returns ``[C, num_frames, h, w]`` in fp32.
+    Windows are summed in list order, so the result does not depend on who computed them.
+    A single window covering every frame once with weight 1 is returned unchanged (bit-exact
+    with direct sampling). Raises if a frame is left uncovered.
+    """
+    if len(windows) == 1 and windows[0].frames == tuple(range(num_frames)) and set(windows[0].weights) == {1.0}:
+        return preds[0].float()
+    c, _, h, w = preds[0].shape
+    num = torch.zeros(c, num_frames, h, w, dtype=torch.float32, device=preds[0].device)
+    den = torch.zeros(num_frames, dtype=torch.float32, device=preds[0].device)
+    for pred, win in zip(preds, windows):
+        idx = torch.tensor(win.frames, device=pred.device)
+        wt = torch.tensor(win.weights, dtype=torch.float32, device=pred.device)
+        num.index_add_(1, idx, pred.float() * wt.view(1, -1, 1, 1))  # [C, L, h, w] scattered on F
+        den.index_add_(0, idx, wt)
+    if bool((den <= 0).any()):
+        missing = torch.nonzero(den <= 0).flatten().tolist()
+        raise ValueError(f"latent frames {missing[:10]} are covered by no window")
+    return num / den.view(1, -1, 1, 1)
+
+
+def glc_gamma(t: float, gamma0: float = 0.005, beta: float = 0.0005) -> float:
+    """GLC annealing coefficient (paper 004, §3.2 and §7): ``gamma = gamma0 * exp(beta * t)``,
+    ``t`` on the 0..1000 timestep scale; it grows with t, so the global path weighs most at
+    high noise."""
+    return gamma0 * math.exp(beta * float(t))
+
+
+def fuse_paths(global_pred: torch.Tensor, local_pred: torch.Tensor, gamma: float) -> torch.Tensor:
+    """GLC path fusion (Eq. 9): ``gamma * T_global + (1 - gamma) * T_local``."""
+    return gamma * global_pred + (1.0 - gamma) * local_pred

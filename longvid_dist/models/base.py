@@ -1,0 +1,70 @@
+"""The adapter interface: all the sampling loop and runtime know about a model family.
+
+The loop sees latents as ``[C, F, h, w]`` (one video, fp32). An adapter converts to and from
+the pipeline's own layout, encodes prompts, applies classifier-free guidance exactly as the
+family's diffusers pipeline does, hands out fresh schedulers, and decodes temporal chunks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .registry import FamilyInfo
+
+
+@dataclass
+class Cond:
+    """Encoded conditioning of one prompt (kept on the adapter's device)."""
+
+    prompt_embeds: torch.Tensor
+    """Positive prompt embeddings, pipeline layout (e.g. ``[1, 512, D]`` for Wan)."""
+    negative_embeds: torch.Tensor | None
+    """Negative prompt embeddings, or None when guidance is off (scale <= 1)."""
+    guidance: float
+    """Classifier-free guidance scale."""
+
+    def to_numpy(self) -> dict:
+        """Plain arrays, for the Ray object store (never pickled torch CPU tensors)."""
+        neg = None if self.negative_embeds is None else self.negative_embeds.float().cpu().numpy()
+        return {"pos": self.prompt_embeds.float().cpu().numpy(), "neg": neg, "guidance": self.guidance}
+
+
+class ModelAdapter(ABC):
+    """A loaded model replica of one family."""
+
+    family: FamilyInfo
+
+    @classmethod
+    @abstractmethod
+    def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "ModelAdapter":
+        """Load from a local diffusers folder or a hub id (``from_pretrained``)."""
+
+    @abstractmethod
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> Cond:
+        """Encode a prompt once per render."""
+
+    @abstractmethod
+    def cond_from_numpy(self, data: dict) -> Cond:
+        """Inverse of :meth:`Cond.to_numpy`, onto this replica's device and dtype."""
+
+    @abstractmethod
+    def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
+        """Initial latent noise ``[C, F, h, w]`` drawn exactly as the stock pipeline draws it."""
+
+    @abstractmethod
+    def make_scheduler(self, steps: int):
+        """A fresh scheduler (the pipeline's own class and config) with timesteps set."""
+
+    @abstractmethod
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Guided model prediction for a window ``[C, L, h, w]`` at timestep ``t`` (fp32 out)."""
+
+    @abstractmethod
+    def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
+        """Decode ``[C, F, h, w]`` in temporal chunks of ``chunk`` latent frames; yields float
+        frames in [0, 1] as ``[n, H, W, 3]`` numpy arrays, in order."""
