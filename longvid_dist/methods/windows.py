@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROFILES = ("uniform", "pyramid", "triangular", "gaussian")
+from .recipes import PROFILES
 
 
 @dataclass(frozen=True, eq=False)

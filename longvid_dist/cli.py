@@ -1,0 +1,128 @@
+"""``longvid``: render long videos, list models and recipes.
+
+Bad input gets one line ``longvid render: error: --flag: what is allowed`` and exit code 2,
+before any model is loaded and before any output file exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from .config import RenderSpec, SpecError
+
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _add_render_args(p: argparse.ArgumentParser) -> None:
+    d = RenderSpec.__dataclass_fields__
+    p.add_argument("--prompt", required=True, help="text prompt (required, non-empty)")
+    p.add_argument("--negative-prompt", default=d["negative_prompt"].default,
+                   help="negative prompt for classifier-free guidance (default: empty)")
+    p.add_argument("--model", default=d["model"].default,
+                   help="tiny-wan (built-in random-weight demo model), a local diffusers pipeline folder, "
+                        "or a known hub id (default: %(default)s; see `longvid models`)")
+    p.add_argument("--frames", type=int, default=d["frames"].default,
+                   help="pixel frames to render, 4k+1 for Wan (default: %(default)s)")
+    p.add_argument("--height", type=int, default=None,
+                   help="frame height, a multiple of 16 (default: the model's, 64 for tiny-wan, 480 for Wan2.1)")
+    p.add_argument("--width", type=int, default=None,
+                   help="frame width, a multiple of 16 (default: the model's, 64 for tiny-wan, 832 for Wan2.1)")
+    p.add_argument("--fps", type=float, default=d["fps"].default, help="output frames per second (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d["steps"].default, help="denoising steps (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=d["guidance"].default,
+                   help="classifier-free guidance scale, >= 0; <= 1 disables guidance (default: %(default)s)")
+    p.add_argument("--recipe", default=d["recipe"].default,
+                   help="long-video recipe (default: %(default)s; see `longvid recipes`)")
+    p.add_argument("--window", type=int, default=None,
+                   help="window length in latent frames (default: the model's native clip, 21 for Wan)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window stride in latent frames (default: half the window)")
+    p.add_argument("--seed", type=int, default=d["seed"].default,
+                   help="random seed; the initial noise equals diffusers' with Generator().manual_seed(seed) "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default=d["out"].default,
+                   help="output: .mp4 (H.264), .mkv (lossless FFV1) or a directory ending in / (PNG frames); "
+                        "a sidecar <out>.json is written beside it (default: %(default)s)")
+    p.add_argument("--decode-chunk", type=int, default=d["decode_chunk"].default,
+                   help="latent frames decoded at a time; bounds pixel memory (default: %(default)s)")
+    p.add_argument("--device", default=d["device"].default,
+                   help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--dtype", default=d["dtype"].default,
+                   help="transformer dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 "
+                        "(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longvid", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("render", help="render one long video",
+                       description="Render one long video with a training-free long-video recipe.")
+    _add_render_args(r)
+    sub.add_parser("models", help="list model families and built-in models")
+    sub.add_parser("recipes", help="list recipes and their parameters")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> RenderSpec:
+    """Build the spec from parsed flags (raises SpecError on bad values)."""
+    names = {f.name for f in fields(RenderSpec) if f.init}
+    return RenderSpec(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _cmd_models() -> int:
+    from .models.registry import FAMILIES, TINY
+
+    for fam in FAMILIES.values():
+        print(f"{fam.name:8s} {fam.description}")
+        print(f"{'':8s} pipelines: {', '.join(fam.pipeline_classes)}; frames {fam.temporal_factor}k+1, "
+              f"size multiple of {fam.spatial_multiple}, native {fam.native_frames} frames")
+        for hub in fam.hub_ids:
+            print(f"{'':8s} hub id: {hub}")
+    for name, (fam, size) in TINY.items():
+        print(f"{name:8s} built-in tiny random-weight {fam} model ({size[0]}x{size[1]} default), no download")
+    return 0
+
+
+def _cmd_recipes() -> int:
+    from .methods.recipes import BUILTIN
+
+    for r in BUILTIN.values():
+        params = ", ".join(f"{k}={v}" for k, v in r.params().items())
+        print(f"{r.name:10s} {r.description}\n{'':10s} {params}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "models":
+        return _cmd_models()
+    if args.command == "recipes":
+        return _cmd_recipes()
+    try:
+        spec = spec_from_args(args)
+    except SpecError as e:
+        print(f"longvid render: error: {_flag(e.field)}: {e.message}", file=sys.stderr)
+        return 2
+    from .api import render
+
+    try:
+        result = render(spec, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("longvid render: interrupted; no output written", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as e:  # e.g. a hub id missing from the local cache
+        print(f"longvid render: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.out} ({result.frames} frames) and {result.sidecar} in {result.timings['total']:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

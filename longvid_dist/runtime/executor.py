@@ -1,0 +1,60 @@
+"""Executors: where window predictions and decode chunks are computed.
+
+The sampling loop talks only to an :class:`Executor` (DESIGN decision 2). ``LocalExecutor``
+runs everything in this process on one model replica; ``RayExecutor`` (``runtime.ray_executor``)
+shards windows over Ray actors. Both return predictions in the order of the windows given, so
+the merge (done by the loop) sums them in a fixed order whoever computed them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..methods.windows import Window
+from ..models.base import Cond, ModelAdapter
+
+
+class Executor(ABC):
+    """Computes window predictions and decoded frames for the coordinator's loop."""
+
+    @abstractmethod
+    def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
+        """Encode each conditioning id's (prompt, negative prompt) once per render."""
+
+    @abstractmethod
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+        """Guided predictions ``[C, len(w), h, w]`` for each window, in the order given."""
+
+    @abstractmethod
+    def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
+        """Decoded frames of the whole latent, in order, as float ``[n, H, W, 3]`` chunks."""
+
+    def close(self) -> None:
+        """Release workers (nothing to do for a local executor)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """Runs every window in-process on one adapter, in window order."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.adapter = adapter
+        self.conds: dict[str, Cond] = {}
+
+    def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
+        self.conds = {k: self.adapter.encode_prompt(p, n, guidance) for k, (p, n) in prompts.items()}
+
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+        return [self.adapter.predict(latent[:, list(w.frames)], t, self.conds[w.cond]) for w in windows]
+
+    def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
+        return self.adapter.decode(latent, chunk)
