@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-
-import numpy as np
 
 from .config import RenderSpec
 from .io.video import VideoWriter, sidecar_path, write_json_atomic
@@ -39,110 +38,157 @@ def _versions() -> dict:
     return out
 
 
-def _device_dtype(spec: RenderSpec):
-    import torch
-
+def _device_dtype(spec: RenderSpec, cuda_available: bool):
     device = spec.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if cuda_available else "cpu"
     dtype = spec.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, getattr(torch, dtype)
+    return device, dtype
 
 
-def load_adapter(spec: RenderSpec, device: str = "cpu", dtype=None):
-    """Load the spec's model with its family adapter (tiny models are built on first use)."""
+def model_source(spec: RenderSpec) -> str:
+    """Where ``from_pretrained`` reads the spec's model (tiny models are built on first use)."""
     import diffusers
     import transformers
 
-    from .models.registry import adapter_class
     from .models.tiny import tiny_model_path
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-
     src = spec.resolved.source
     if spec.resolved.is_tiny:
         src = str(tiny_model_path(src.split(":", 1)[1]))
-    kwargs = {} if dtype is None else {"dtype": dtype}
-    return adapter_class(spec.resolved.family).load(src, device=device, **kwargs)
+    return src
+
+
+def load_adapter(spec: RenderSpec, device: str = "cpu", dtype: str = "float32"):
+    """Load the spec's model replica with its family adapter."""
+    import torch
+
+    from .models.registry import adapter_class
+
+    return adapter_class(spec.resolved.family).load(model_source(spec), device=device, dtype=getattr(torch, dtype))
 
 
 class _Progress:
     """A tqdm bar on a terminal; plain log lines every ~10% of steps otherwise."""
 
-    def __init__(self, total: int, desc: str):
+    def __init__(self, total: int, start: int, desc: str):
         from tqdm import tqdm
 
         self.tty = sys.stderr.isatty()
-        self.total, self.t0 = total, time.perf_counter()
-        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not self.tty)
+        self.total, self.start, self.t0 = total, start, time.perf_counter()
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not self.tty)
         self.every = max(1, total // 10)
 
-    def __call__(self, s) -> None:
+    def __call__(self, s, *_) -> None:
         self.bar.update(1)
         self.bar.set_postfix(windows=s.windows, t=f"{s.t:.0f}")
         done = s.step + 1
         if not self.tty and (done % self.every == 0 or done == self.total):
             el = time.perf_counter() - self.t0
+            rate = el / max(done - self.start, 1)
             print(f"[longvid] step {done}/{self.total} t={s.t:.0f} windows={s.windows} "
-                  f"elapsed={el:.1f}s eta={el / done * (self.total - done):.1f}s", file=sys.stderr, flush=True)
+                  f"predict={s.predict:.2f}s elapsed={el:.1f}s eta={rate * (self.total - done):.1f}s",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Float frames in [0, 1] -> uint8, rounded."""
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+def _make_executor(spec: RenderSpec):
+    """The executor and the coordinator's latent space (noise, scheduler) for ``spec``."""
+    import torch
+
+    from .models.registry import adapter_class
+
+    if not spec.distributed:
+        device, dtype = _device_dtype(spec, torch.cuda.is_available())
+        from .runtime.executor import LocalExecutor
+
+        adapter = load_adapter(spec, device, dtype)
+        return LocalExecutor(adapter), adapter.space, device, dtype
+    from .runtime.ray_executor import RayExecutor
+
+    src = model_source(spec)
+    ex = RayExecutor(spec.resolved.family.name, src, spec.workers or 1, address=spec.address,
+                     device=spec.device, dtype=spec.dtype)
+    # The coordinator holds the fp32 latent on CPU and never loads weights.
+    return ex, adapter_class(spec.resolved.family).latent_space.from_source(src), ex.device, ex.dtype
 
 
 def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResult:
     """Render ``spec`` to ``spec.out`` (atomically) and write the sidecar JSON.
 
-    ``executor`` defaults to a :class:`~longvid_dist.runtime.executor.LocalExecutor` on a
-    replica loaded here.
+    Runs in-process (``LocalExecutor``) unless ``spec.workers``/``spec.address`` ask for Ray.
+    The coordinator checkpoints every ``spec.checkpoint_every`` steps to ``<out>.ckpt``;
+    ``spec.resume`` continues from it and gives the same video as an uninterrupted render.
     """
-    from .runtime.executor import LocalExecutor
+    from .runtime import checkpoint
     from .sampling.loop import denoise
     from .sampling.planner import Planner
     from .sampling.rng import keyed_generator, noise_generator
 
+    ckpt_path = checkpoint.checkpoint_path(spec.out)
+    resumed = checkpoint.load(ckpt_path, spec) if spec.resume else None  # fails before any load
+
     timings: dict = {}
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe).with_overrides(window=spec.window, stride=spec.stride)
-    device, dtype = _device_dtype(spec)
-    adapter = load_adapter(spec, device, dtype)
-    executor = executor or LocalExecutor(adapter)
-    timings["load"] = time.perf_counter() - t_start
-
-    t0 = time.perf_counter()
-    executor.set_conditions({"main": (spec.prompt, spec.negative_prompt)}, spec.guidance)
-    timings["encode"] = time.perf_counter() - t0
-
-    scheduler = adapter.make_scheduler(spec.steps)
-    latent = adapter.init_noise(noise_generator(spec.seed), spec.frames, spec.height, spec.width)
-    native = spec.resolved.family.latent_frames(spec.resolved.family.native_frames)
-    planner = Planner(recipe, latent.shape[1], native, lambda purpose, step: keyed_generator(spec.seed, purpose, step))
-
-    t0 = time.perf_counter()
-    bar = _Progress(spec.steps, "denoise") if progress else None
+    if executor is None:
+        executor, space, device, dtype = _make_executor(spec)
+    else:
+        space, device, dtype = executor.adapter.space, str(executor.adapter.device), str(executor.adapter.dtype)
     try:
-        result = denoise(latent, scheduler, planner, executor, on_step=bar)
-    finally:
-        if bar:
-            bar.close()
-    timings["denoise"] = time.perf_counter() - t0
+        timings["load"] = time.perf_counter() - t_start
 
-    t0 = time.perf_counter()
-    with VideoWriter(spec.out, spec.width, spec.height, spec.fps) as writer:
-        for chunk in executor.decode(result.latent, spec.decode_chunk):
-            writer.write(to_uint8(chunk))
-    timings["decode_encode"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        executor.set_conditions({"main": (spec.prompt, spec.negative_prompt)}, spec.guidance)
+        timings["encode"] = time.perf_counter() - t0
+
+        if resumed:
+            latent, scheduler, start = resumed["latent"], resumed["scheduler"], resumed["next_step"]
+        else:
+            scheduler = space.make_scheduler(spec.steps)
+            latent = space.init_noise(noise_generator(spec.seed), spec.frames, spec.height, spec.width)
+            start = 0
+        fam = spec.resolved.family
+        planner = Planner(recipe, latent.shape[1], fam.latent_frames(fam.native_frames),
+                          lambda purpose, step: keyed_generator(spec.seed, purpose, step))
+
+        bar = _Progress(spec.steps, start, "denoise") if progress else None
+
+        def on_step(stats, lat, sched):
+            if bar:
+                bar(stats)
+            done = stats.step + 1
+            if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
+                checkpoint.save(ckpt_path, spec, done, lat, sched)
+
+        t0 = time.perf_counter()
+        try:
+            result = denoise(latent, scheduler, planner, executor, on_step=on_step, start=start)
+        finally:
+            if bar:
+                bar.close()
+        timings["denoise"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with VideoWriter(spec.out, spec.width, spec.height, spec.fps) as writer:
+            for chunk in executor.decode(result.latent, spec.decode_chunk):
+                writer.write(chunk)
+        timings["decode_encode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        metrics = getattr(executor, "report", lambda: {})()
+    finally:
+        executor.close()
 
     side = sidecar_path(spec.out)
+    steps = [asdict(s) for s in result.steps]
+    for s, m in zip(steps, metrics.get("per_step", [])):
+        s.update(m)
     write_json_atomic(side, {
         "spec": spec.to_dict(),
         "seed": spec.seed,
@@ -152,7 +198,12 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         "latent_frames": spec.latent_frames,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
+        "executor": type(executor).__name__,
+        "resumed_from_step": start if resumed else None,
         "versions": _versions(),
-        "timings": {**timings, "per_step": [asdict(s) for s in result.steps]},
+        "timings": {**timings, "per_step": steps},
+        "workers": metrics.get("workers"),
     })
+    if os.path.exists(ckpt_path):
+        os.unlink(ckpt_path)
     return RenderResult(spec.out, side, writer.frames_written, timings)

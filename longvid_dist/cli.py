@@ -55,11 +55,29 @@ def _add_render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=d["dtype"].default,
                    help="transformer dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 "
                         "(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="render on N Ray worker actors (one GPU each; CPUs on a CPU-only machine); "
+                        "default: in this process")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. auto, or host:6379); default: $RAY_ADDRESS, else a private "
+                        "local Ray instance started and stopped by this command")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"].default,
+                   help="checkpoint latent and scheduler every N steps to <out>.ckpt, 0 = never "
+                        "(default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted render of the same settings from <out>.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prog: error: message`` and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longvid", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="longvid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("render", help="render one long video",
                        description="Render one long video with a training-free long-video recipe.")
@@ -111,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longvid render: error: {_flag(e.field)}: {e.message}", file=sys.stderr)
         return 2
     from .api import render
+    from .runtime.checkpoint import CheckpointError
 
     try:
         result = render(spec, progress=not args.quiet)
+    except CheckpointError as e:
+        print(f"longvid render: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("longvid render: interrupted; no output written", file=sys.stderr)
         return 130
-    except (OSError, ValueError) as e:  # e.g. a hub id missing from the local cache
+    except (OSError, ValueError, RuntimeError) as e:  # missing checkpoint, unreachable cluster, hub id...
         print(f"longvid render: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {result.out} ({result.frames} frames) and {result.sidecar} in {result.timings['total']:.1f}s")

@@ -64,6 +64,14 @@ class RenderSpec:
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: str = "auto"
     """Transformer dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    workers: int | None = None
+    """Ray worker actors (one GPU each, or CPUs on a CPU cluster); ``None`` renders in this process."""
+    address: str | None = None
+    """Ray cluster to join (``RAY_ADDRESS`` is used too); none starts a private local instance."""
+    checkpoint_every: int = 5
+    """Checkpoint the coordinator state every this many steps (0 = never) to ``<out>.ckpt``."""
+    resume: bool = False
+    """Continue from ``<out>.ckpt`` written by an interrupted render of the same spec."""
     resolved: ResolvedModel = field(init=False, repr=False, compare=False)
     """The model name resolved to its family (filled in by validation)."""
 
@@ -107,8 +115,14 @@ class RenderSpec:
                 if v > latent:
                     raise SpecError(name, f"{v} latent frames exceeds the video's {latent} latent frames "
                                           f"({self.frames} pixel frames)")
-        if self.window and self.stride and self.stride > self.window:
-            raise SpecError("stride", f"{self.stride} must not exceed the window ({self.window})")
+        window = min(self.window or get_recipe(self.recipe).window or fam.latent_frames(fam.native_frames), latent)
+        if self.stride and latent > window and self.stride > window:
+            raise SpecError("stride", f"{self.stride} must not exceed the window ({window} latent frames)")
+        if self.workers is not None:
+            _int(self, "workers", 1)
+        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
+            raise SpecError("address", f"must be a Ray address such as 'auto' or 'ray://host:10001', got {self.address!r}")
+        _int(self, "checkpoint_every", 0)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise SpecError("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         if self.dtype not in DTYPES:
@@ -117,6 +131,11 @@ class RenderSpec:
             check_output_path(self.out)
         except ValueError as e:
             raise SpecError("out", str(e)) from None
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the render runs on Ray workers."""
+        return self.workers is not None or self.address is not None
 
     @property
     def latent_frames(self) -> int:

@@ -34,10 +34,31 @@ class Cond:
         return {"pos": self.prompt_embeds.float().cpu().numpy(), "neg": neg, "guidance": self.guidance}
 
 
+class LatentSpace(ABC):
+    """Coordinator-side view of a model: latent geometry, initial noise and a fresh scheduler,
+    built from the pipeline's config files only, so the coordinator never loads weights.
+    Latents live on the CPU in fp32 at the coordinator."""
+
+    @classmethod
+    @abstractmethod
+    def from_source(cls, source: str) -> "LatentSpace":
+        """Read configs of a local diffusers folder."""
+
+    @abstractmethod
+    def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
+        """Initial latent noise ``[C, F, h, w]`` drawn exactly as the stock pipeline draws it."""
+
+    @abstractmethod
+    def make_scheduler(self, steps: int):
+        """A fresh scheduler (the pipeline's own class and config) with timesteps set."""
+
+
 class ModelAdapter(ABC):
     """A loaded model replica of one family."""
 
     family: FamilyInfo
+    latent_space: type[LatentSpace]
+    """The family's config-only coordinator view."""
 
     @classmethod
     @abstractmethod
@@ -65,6 +86,11 @@ class ModelAdapter(ABC):
         """Guided model prediction for a window ``[C, L, h, w]`` at timestep ``t`` (fp32 out)."""
 
     @abstractmethod
-    def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
+    def decode(self, latent: torch.Tensor, chunk: int, skip: int = 0) -> Iterator[np.ndarray]:
         """Decode ``[C, F, h, w]`` in temporal chunks of ``chunk`` latent frames; yields float
-        frames in [0, 1] as ``[n, H, W, 3]`` numpy arrays, in order."""
+        frames in [0, 1] as ``[n, H, W, 3]`` numpy arrays, in order. The pixels of the first
+        ``skip`` latent frames (warm-up context) are not yielded."""
+
+    @abstractmethod
+    def decode_context(self) -> int:
+        """Latent frames of warm-up after which a decode starting mid-video is exact."""

@@ -2,7 +2,7 @@
 
 A model is named three ways: a built-in tiny model (``tiny-wan``), a local diffusers pipeline
 folder (its ``model_index.json`` names the pipeline class, which picks the family), or a known
-hub id (loaded by ``from_pretrained`` from the local Hugging Face cache). Everything here is
+hub id (``from_pretrained`` reads it from the Hugging Face cache or downloads it). Everything here is
 cheap, so a spec is validated before any model is loaded.
 """
 
@@ -36,7 +36,7 @@ class FamilyInfo:
     default_size: tuple[int, int]
     """Default (height, width) for full-size checkpoints."""
     hub_ids: tuple[str, ...] = ()
-    """Hub ids known to be this family (resolved from the local HF cache; no download here)."""
+    """Hub ids known to be this family (``from_pretrained`` fetches or reads them from the HF cache)."""
 
     def latent_frames(self, frames: int) -> int:
         """Latent frames for ``frames`` pixel frames."""

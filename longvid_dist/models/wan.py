@@ -13,12 +13,51 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import Cond, ModelAdapter
+from .base import Cond, LatentSpace, ModelAdapter
 from .registry import FAMILIES
+
+
+class WanLatentSpace(LatentSpace):
+    """Wan latent geometry, initial noise and scheduler from configs alone (no weights).
+
+    The noise is ``randn_tensor`` of ``[1, C, F, h, w]`` exactly as ``WanPipeline.prepare_latents``
+    draws it, so the coordinator of a distributed render never loads the model.
+    """
+
+    def __init__(self, scheduler, channels: int, temporal: int, spatial: int):
+        self.scheduler, self.channels, self.temporal, self.spatial = scheduler, channels, temporal, spatial
+
+    @classmethod
+    def from_source(cls, source: str) -> "WanLatentSpace":
+        import json
+        from pathlib import Path
+
+        import diffusers
+
+        root = Path(source)
+        index = json.loads((root / "model_index.json").read_text())
+        sched = getattr(diffusers, index["scheduler"][1]).from_pretrained(source, subfolder="scheduler")
+        tcfg = json.loads((root / "transformer" / "config.json").read_text())
+        vcfg = json.loads((root / "vae" / "config.json").read_text())
+        return cls(sched, tcfg["in_channels"], vcfg.get("scale_factor_temporal") or 4,
+                   vcfg.get("scale_factor_spatial") or 8)
+
+    def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (1, self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)[0]
+
+    def make_scheduler(self, steps: int):
+        sched = type(self.scheduler).from_config(self.scheduler.config)
+        sched.set_timesteps(steps, device="cpu")
+        sched.set_begin_index(0)
+        return sched
 
 
 class WanAdapter(ModelAdapter):
     family = FAMILIES["wan"]
+    latent_space = WanLatentSpace
     max_sequence_length = 512
     """Text tokens per prompt, WanPipeline's default."""
 
@@ -28,6 +67,8 @@ class WanAdapter(ModelAdapter):
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         self.dtype = self.transformer.dtype
+        self.space = WanLatentSpace(pipe.scheduler, pipe.transformer.config.in_channels,
+                                    pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
 
     @classmethod
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "WanAdapter":
@@ -56,25 +97,18 @@ class WanAdapter(ModelAdapter):
 
         return Cond(t(data["pos"]), t(data["neg"]), float(data["guidance"]))
 
-    # -- latents and scheduler ----------------------------------------------------------
+    # -- latents and scheduler (shared with the coordinator's config-only view) ------
     def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
-        latents = self.pipe.prepare_latents(
-            1, self.transformer.config.in_channels, height, width, frames,
-            torch.float32, self.device, generator,
-        )  # [1, C, F, h, w]
-        return latents[0]
+        return self.space.init_noise(generator, frames, height, width)
 
     def make_scheduler(self, steps: int):
-        sched = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        sched.set_timesteps(steps, device=self.device)
-        sched.set_begin_index(0)
-        return sched
+        return self.space.make_scheduler(steps)
 
     # -- model --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         x = latent.unsqueeze(0).to(self.device, self.dtype)  # [C, L, h, w] -> [1, C, L, h, w]
-        timestep = t.expand(1)
+        timestep = t.to(self.device).expand(1)
         out = self.transformer(hidden_states=x, timestep=timestep,
                                encoder_hidden_states=cond.prompt_embeds, return_dict=False)[0]
         if cond.negative_embeds is not None:
@@ -91,12 +125,17 @@ class WanAdapter(ModelAdapter):
         return z / inv_std + mean
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, chunk: int = 4) -> Iterator[np.ndarray]:
+    def decode(self, latent: torch.Tensor, chunk: int = 4, skip: int = 0) -> Iterator[np.ndarray]:
         """Stream the causal Wan VAE over latent frames, carrying its feature cache across
         chunks: the same per-frame computation as ``AutoencoderKLWan.decode`` on the whole
-        latent, but only ``chunk`` latent frames of pixels are alive at a time."""
+        latent, but only ``chunk`` latent frames of pixels are alive at a time.
+
+        ``skip`` leading latent frames are warm-up context whose pixels are not yielded: with
+        ``skip >= decode_context()`` the frames after them equal a decode from frame 0 exactly.
+        """
         vae = self.vae
         z = self._denormalize(latent.unsqueeze(0).to(self.device, vae.dtype))  # [1, C, F, h, w]
+        drop = 0 if skip == 0 else 1 + self.space.temporal * (skip - 1)  # pixel frames of the context
         vae.clear_cache()
         feat_cache = vae._feat_map
         try:
@@ -107,7 +146,53 @@ class WanAdapter(ModelAdapter):
                     outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=feat_cache, feat_idx=[0],
                                             first_chunk=(start + i == 0)))
                 video = torch.clamp(torch.cat(outs, 2), -1.0, 1.0)  # [1, 3, n, H, W]
-                frames = self.pipe.video_processor.postprocess_video(video, output_type="np")
-                yield frames[0]  # [n, H, W, 3] in [0, 1]
+                frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+                if drop:
+                    n = min(drop, frames.shape[0])
+                    frames, drop = frames[n:], drop - n
+                if frames.shape[0]:
+                    yield frames  # [n, H, W, 3] in [0, 1]
         finally:
             vae.clear_cache()
+
+    def decode_context(self) -> int:
+        """Temporal receptive field of the causal VAE decoder, in latent frames (measured)."""
+        return vae_receptive_field(self.vae.config)
+
+
+def vae_receptive_field(config) -> int:
+    """Latent frames of context after which a Wan VAE decode no longer depends on earlier frames.
+
+    The decoder's stacked causal convolutions (at 1x, 2x and 4x the latent frame rate) give it a
+    finite temporal receptive field: ~30 latent frames for the tiny model, ~40 for Wan2.1's.
+    It depends only on the architecture, so it is measured once per config on a narrow
+    random-weight copy: perturb latent frame 0 and find the first frame whose pixels do not move.
+    """
+    key = str(sorted((k, str(v)) for k, v in dict(config).items() if not k.startswith("_")))
+    if key in _RF_CACHE:
+        return _RF_CACHE[key]
+    from diffusers import AutoencoderKLWan
+
+    kw = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    kw.update(base_dim=4, decoder_base_dim=None, z_dim=4, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    gen = torch.Generator("cpu").manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**kw).eval()
+    n = 96
+    z = torch.randn(1, 4, n, 1, 1, generator=gen)
+    z2 = z.clone()
+    z2[:, :, 0] += 1.0
+    with torch.no_grad():
+        a, b = vae.decode(z).sample, vae.decode(z2).sample  # [1, 3, 1 + 4(n-1), 8, 8]
+    t = vae.config.scale_factor_temporal or 4
+    moved = (a - b).abs().amax(dim=(0, 1, 3, 4)) > 0
+    last = int(torch.nonzero(moved).max())  # last pixel frame that still depends on latent frame 0
+    rf = last // t + 2  # latent frame holding that pixel frame, +1 to be past it
+    if rf >= n - 1:
+        raise RuntimeError("VAE temporal receptive field exceeds the probe length")
+    _RF_CACHE[key] = rf
+    return rf
+
+
+_RF_CACHE: dict[str, int] = {}

@@ -31,7 +31,7 @@ class Executor(ABC):
 
     @abstractmethod
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
-        """Decoded frames of the whole latent, in order, as float ``[n, H, W, 3]`` chunks."""
+        """Decoded frames of the whole latent, in order, as uint8 ``[n, H, W, 3]`` chunks."""
 
     def close(self) -> None:
         """Release workers (nothing to do for a local executor)."""
@@ -57,4 +57,9 @@ class LocalExecutor(Executor):
         return [self.adapter.predict(latent[:, list(w.frames)], t, self.conds[w.cond]) for w in windows]
 
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
-        return self.adapter.decode(latent, chunk)
+        return (to_uint8(f) for f in self.adapter.decode(latent, chunk))
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded to nearest."""
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)

@@ -33,14 +33,18 @@ class LoopResult:
 
 
 def denoise(latent: torch.Tensor, scheduler, planner: Planner, executor: Executor,
-            on_step: Callable[[StepStats], None] | None = None) -> LoopResult:
-    """Run every timestep of ``scheduler`` on ``latent`` ``[C, F, h, w]``.
+            on_step: Callable[[StepStats, torch.Tensor, object], None] | None = None,
+            start: int = 0) -> LoopResult:
+    """Run the timesteps of ``scheduler`` from index ``start`` on ``latent`` ``[C, F, h, w]``.
 
     Window predictions are merged into one prediction for the whole latent and the scheduler
     steps once per timestep (DESIGN decision 1), so multistep solvers keep their history.
+    ``on_step(stats, latent, scheduler)`` runs after each step (progress, checkpoints).
     """
     result = LoopResult(latent)
     for i, t in enumerate(scheduler.timesteps):
+        if i < start:  # resumed: these steps are in the restored latent and scheduler
+            continue
         plan = planner.plan(i, float(t))
         t0 = time.perf_counter()
         preds = executor.predict(latent, t, plan.windows)
@@ -52,6 +56,6 @@ def denoise(latent: torch.Tensor, scheduler, planner: Planner, executor: Executo
         stats = StepStats(i, float(t), len(plan.windows), t1 - t0, t2 - t1, t3 - t2)
         result.steps.append(stats)
         if on_step:
-            on_step(stats)
+            on_step(stats, latent, scheduler)
     result.latent = latent
     return result

@@ -1,0 +1,301 @@
+"""RayExecutor: each timestep's windows sharded over Ray actors. The only module importing ray.
+
+Every actor owns one GPU (``num_gpus=1``) or, on a CPU-only cluster, ``cpus_per_worker`` CPUs
+(torch's thread count is set to match), and loads one model replica lazily with the same
+adapter code as local runs. Per step the coordinator balances windows over actors by cost,
+sends each actor only the latent frames its windows read (numpy, DESIGN decision 7), and gets
+numpy predictions back; merging stays in the loop. Conditioning embeddings are put in the
+object store once per render and passed by reference. A dead actor is restarted by Ray
+(``max_restarts``) and its share of the step re-run, so faults do not change the output.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..methods.windows import Window
+from .executor import Executor, to_uint8
+
+# Ray 2.60 turns token authentication on by default and reads RAY_AUTH_MODE at import time.
+# We choose it deliberately, before importing ray: a user's setting wins; otherwise "token",
+# so a local instance we start and the `ray job submit` CLI (which reads the token from
+# ~/.ray/auth_token) agree. Set RAY_AUTH_MODE=disabled in the environment to opt out.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+try:
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+except ImportError:  # pragma: no cover - ray is a dependency
+    ray = None
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot host the requested workers, or cannot be reached."""
+
+
+def _window_cost(w: Window) -> float:
+    """Relative cost of a window: attention is quadratic in its frames, the rest linear."""
+    n = len(w.frames)
+    return n * n + 8 * n
+
+
+def shard(windows: list[Window], workers: int) -> list[list[int]]:
+    """Longest-processing-time-first assignment of window indices to workers (deterministic)."""
+    loads = [0.0] * workers
+    out: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(windows)), key=lambda i: (-_window_cost(windows[i]), i)):
+        k = min(range(workers), key=lambda k: (loads[k], k))
+        out[k].append(i)
+        loads[k] += _window_cost(windows[i])
+    return [sorted(s) for s in out]
+
+
+class _Worker:
+    """One model replica on one GPU (or a few CPUs). Pure: outputs depend only on inputs."""
+
+    def __init__(self, family: str, source: str, device: str, dtype: str, threads: int):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.args = (family, source, device, getattr(torch, dtype))
+        self.adapter = None
+        self.conds: dict[str, object] = {}
+        self.busy = 0.0
+
+    def _load(self):
+        if self.adapter is None:
+            from ..models.registry import FAMILIES, adapter_class
+
+            family, source, device, dtype = self.args
+            if device == "cuda":
+                device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
+            self.adapter = adapter_class(FAMILIES[family]).load(source, device=device, dtype=dtype)
+        return self.adapter
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def warm(self) -> bool:
+        self._load()
+        return True
+
+    def encode(self, prompt: str, negative: str, guidance: float) -> dict:
+        return self._load().encode_prompt(prompt, negative, guidance).to_numpy()
+
+    def predict(self, cond_refs: dict, t: np.ndarray, frames: np.ndarray, items: list) -> tuple[list, float]:
+        """``frames``: ``[C, n, h, w]`` latent frames this worker needs; ``items``: for each window
+        ``(cond_id, local frame indices)``. Returns the predictions and this call's busy time."""
+        t0 = time.perf_counter()
+        adapter = self._load()
+        for cid, ref in cond_refs.items():
+            if cid not in self.conds:
+                self.conds[cid] = adapter.cond_from_numpy(ray.get(ref[0]))
+        x = torch.from_numpy(frames.copy())  # [C, n, h, w]
+        tt = torch.from_numpy(np.asarray(t))
+        out = [adapter.predict(x[:, idx], tt, self.conds[cid]).cpu().numpy() for cid, idx in items]
+        busy = time.perf_counter() - t0
+        self.busy += busy
+        return out, busy
+
+    def decode_context(self) -> int:
+        return self._load().decode_context()
+
+    def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
+        """Pixels of ``latent[:, skip:]`` as uint8 ``[n, H, W, 3]``, warmed up on the first
+        ``skip`` latent frames."""
+        frames = self._load().decode(torch.from_numpy(latent), chunk, skip=skip)
+        return np.concatenate([to_uint8(f) for f in frames])
+
+
+class RayExecutor(Executor):
+    """Shards each step's windows over ``workers`` Ray actors."""
+
+    def __init__(self, family: str, source: str, workers: int, address: str | None = None,
+                 device: str = "auto", dtype: str = "auto", cpus_per_worker: int = 1,
+                 placement_timeout: float = 30.0, max_restarts: int = 3):
+        if ray is None:
+            raise ClusterError("ray is not installed")
+        self.owns_ray = False
+        self._connect(address)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = device.startswith("cuda") or (device == "auto" and gpus >= 1)
+        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_worker}
+        self._check_capacity(workers, bundle)
+        self.pg = placement_group([bundle] * workers, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=placement_timeout)
+        except GetTimeoutError:
+            remove_placement_group(self.pg)
+            self.close()
+            raise ClusterError(f"could not place {workers} workers of {bundle} within {placement_timeout:.0f}s; "
+                               f"available: {_fmt(ray.available_resources())}") from None
+        dev = "cuda" if use_gpu else "cpu"
+        self.device = dev
+        self.dtype = dtype if dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        actor = ray.remote(_Worker)
+        self.workers = [
+            actor.options(
+                max_restarts=max_restarts, num_gpus=1 if use_gpu else 0, num_cpus=bundle["CPU"],
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(family, source, dev, self.dtype, 0 if use_gpu else cpus_per_worker)
+            for i in range(workers)
+        ]
+        ray.get([w.warm.remote() for w in self.workers])
+        self.cond_refs: dict = {}
+        self.metrics: list[dict] = []
+        self.busy = [0.0] * workers
+        self.restarts = 0
+        """Calls re-run because their worker died."""
+
+    # -- cluster ------------------------------------------------------------------------
+    def _connect(self, address: str | None) -> None:
+        address = address or os.environ.get("RAY_ADDRESS")
+        if ray.is_initialized():
+            return
+        if address:
+            _probe(address)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except Exception as e:  # ConnectionError, TimeoutError, ValueError...
+                raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e}") from None
+        else:
+            # A private local instance (auth mode: see the top of this module), no dashboard.
+            ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
+                     log_to_driver=False, num_cpus=os.cpu_count())
+            self.owns_ray = True
+
+    def _check_capacity(self, workers: int, bundle: dict) -> None:
+        total = ray.cluster_resources()
+        for res, need in bundle.items():
+            if total.get(res, 0) < need * workers:
+                self.close()
+                raise ClusterError(f"--workers {workers} needs {need * workers:g} {res} "
+                                   f"({need:g} per worker); the cluster has {_fmt(total)}")
+
+    # -- Executor -----------------------------------------------------------------------
+    def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
+        # One worker encodes; its result is already in the object store, shared by reference.
+        self.cond_refs = {k: [self.workers[0].encode.remote(p, n, guidance)] for k, (p, n) in prompts.items()}
+        ray.wait([r[0] for r in self.cond_refs.values()], num_returns=len(self.cond_refs))
+
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+        t0 = time.perf_counter()
+        lat = latent.numpy()
+        shards = shard(windows, len(self.workers))
+        calls, moved = {}, 0
+        for k, idxs in enumerate(shards):
+            if not idxs:
+                continue
+            need = sorted({f for i in idxs for f in windows[i].frames})
+            pos = {f: j for j, f in enumerate(need)}
+            items = [(windows[i].cond, [pos[f] for f in windows[i].frames]) for i in idxs]
+            frames = np.ascontiguousarray(lat[:, need])  # [C, n, h, w]: only what this worker reads
+            moved += frames.nbytes
+            calls[k] = (idxs, frames, items)
+        preds: list = [None] * len(windows)
+        step_busy = [0.0] * len(self.workers)
+        tt = t.cpu().numpy()  # keeps the scheduler's timestep dtype
+        pending = {k: self._call(k, c, tt) for k, c in calls.items()}
+        while pending:
+            for k, ref in list(pending.items()):
+                try:
+                    out, busy = ray.get(ref)
+                except RayActorError:  # the actor died: Ray restarts it; run its share again
+                    self.restarts += 1
+                    pending[k] = self._call(k, calls[k], tt)
+                    continue
+                self.busy[k] += busy
+                step_busy[k] += busy
+                for i, p in zip(calls[k][0], out):
+                    preds[i] = torch.from_numpy(p.copy())  # writable: the object store's is read-only
+                    moved += p.nbytes
+                del pending[k]
+        wall = time.perf_counter() - t0
+        # transfer = what the slowest worker's compute does not explain (serialization, network)
+        self.metrics.append({"bytes_moved": moved, "transfer": max(wall - max(step_busy), 0.0),
+                             "worker_busy": step_busy})
+        return preds
+
+    def report(self) -> dict:
+        """Per-step transfer metrics and per-worker busy time, for the sidecar."""
+        return {"per_step": self.metrics,
+                "workers": [{"index": i, "busy": b} for i, b in enumerate(self.busy)]}
+
+    def _call(self, k: int, call: tuple, t: np.ndarray):
+        _, frames, items = call
+        return self.workers[k].predict.remote(self.cond_refs, t, frames, items)
+
+    def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
+        """Temporal chunks decoded on all workers at once, yielded in order.
+
+        Each chunk after the first is warmed up on the ``R`` latent frames before it (R = the
+        VAE's temporal receptive field), so the frames equal a sequential decode exactly. Chunks
+        are at least R long to keep that overhead <= 2x; at most two per worker are in flight,
+        bounding pixel memory.
+        """
+        lat = latent.numpy()
+        total = lat.shape[1]
+        ctx = ray.get(self.workers[0].decode_context.remote())
+        size = max(chunk, ctx, -(-total // len(self.workers)))
+        spans = [(s, min(s + size, total)) for s in range(0, total, size)]
+        refs: list = []
+        for i, (s, e) in enumerate(spans):
+            a = max(0, s - ctx)
+            refs.append((self.workers[i % len(self.workers)], np.ascontiguousarray(lat[:, a:e]), s - a))
+        inflight = [r[0].decode.remote(r[1], r[2], chunk) for r in refs[: 2 * len(self.workers)]]
+        nxt = len(inflight)
+        for i in range(len(refs)):
+            yield self._get_retry(inflight[i], lambda i=i: refs[i][0].decode.remote(refs[i][1], refs[i][2], chunk))
+            if nxt < len(refs):
+                inflight.append(refs[nxt][0].decode.remote(refs[nxt][1], refs[nxt][2], chunk))
+                nxt += 1
+
+    def _get_retry(self, ref, resubmit, tries: int = 3):
+        for k in range(tries):
+            try:
+                return ray.get(ref)
+            except RayActorError:
+                self.restarts += 1
+                if k == tries - 1:
+                    raise
+                ref = resubmit()
+
+    def worker_pids(self) -> list[int]:
+        return ray.get([w.pid.remote() for w in self.workers])
+
+    def close(self) -> None:
+        for w in getattr(self, "workers", []):
+            ray.kill(w)
+        self.workers = []
+        if getattr(self, "pg", None) is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+        if self.owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self.owns_ray = False
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable cluster: ``ray.init`` itself retries for minutes."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"Ray address {address!r} is not of the form host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e.strerror or e}") from None
+
+
+def _fmt(res: dict) -> str:
+    keys = [k for k in ("CPU", "GPU", "memory") if k in res]
+    return ", ".join(f"{res[k] / 2**30:.1f} GiB {k}" if k == "memory" else f"{res[k]:g} {k}" for k in keys) or "nothing"
