@@ -98,25 +98,18 @@ class _Progress:
         self.bar.close()
 
 
-def _make_executor(spec: RenderSpec):
-    """The executor and the coordinator's latent space (noise, scheduler) for ``spec``."""
-    import torch
-
-    from .models.registry import adapter_class
-
+def make_executor(spec: RenderSpec):
+    """A ``LocalExecutor`` on a replica loaded here, or a ``RayExecutor`` when the spec asks."""
     if not spec.distributed:
-        device, dtype = _device_dtype(spec, torch.cuda.is_available())
+        import torch
+
         from .runtime.executor import LocalExecutor
 
-        adapter = load_adapter(spec, device, dtype)
-        return LocalExecutor(adapter), adapter.space, device, dtype
+        return LocalExecutor(load_adapter(spec, *_device_dtype(spec, torch.cuda.is_available())))
     from .runtime.ray_executor import RayExecutor
 
-    src = model_source(spec)
-    ex = RayExecutor(spec.resolved.family.name, src, spec.workers or 1, address=spec.address,
-                     device=spec.device, dtype=spec.dtype)
-    # The coordinator holds the fp32 latent on CPU and never loads weights.
-    return ex, adapter_class(spec.resolved.family).latent_space.from_source(src), ex.device, ex.dtype
+    return RayExecutor(spec.resolved.family.name, model_source(spec), spec.workers or 1,
+                       address=spec.address, device=spec.device, dtype=spec.dtype)
 
 
 def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResult:
@@ -137,10 +130,8 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
     timings: dict = {}
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe).with_overrides(window=spec.window, stride=spec.stride)
-    if executor is None:
-        executor, space, device, dtype = _make_executor(spec)
-    else:
-        space, device, dtype = executor.adapter.space, str(executor.adapter.device), str(executor.adapter.dtype)
+    executor = executor or make_executor(spec)
+    space = executor.space
     try:
         timings["load"] = time.perf_counter() - t_start
 
@@ -196,8 +187,8 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         "recipe": {"name": recipe.name, **recipe.params()},
         "frames": writer.frames_written,
         "latent_frames": spec.latent_frames,
-        "device": device,
-        "dtype": str(dtype).removeprefix("torch."),
+        "device": executor.device,
+        "dtype": executor.dtype,
         "executor": type(executor).__name__,
         "resumed_from_step": start if resumed else None,
         "versions": _versions(),

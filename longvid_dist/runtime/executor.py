@@ -15,11 +15,18 @@ import numpy as np
 import torch
 
 from ..methods.windows import Window
-from ..models.base import Cond, ModelAdapter
+from ..models.base import Cond, LatentSpace, ModelAdapter
 
 
 class Executor(ABC):
     """Computes window predictions and decoded frames for the coordinator's loop."""
+
+    space: LatentSpace
+    """The coordinator's config-only view of the model (initial noise, scheduler)."""
+    device: str
+    """Device the replicas run on."""
+    dtype: str
+    """Transformer dtype of the replicas (e.g. ``float32``)."""
 
     @abstractmethod
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
@@ -48,6 +55,9 @@ class LocalExecutor(Executor):
 
     def __init__(self, adapter: ModelAdapter):
         self.adapter = adapter
+        self.space = adapter.space
+        self.device = str(adapter.device)
+        self.dtype = str(adapter.dtype).removeprefix("torch.")
         self.conds: dict[str, Cond] = {}
 
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:

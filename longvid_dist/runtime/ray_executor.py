@@ -122,6 +122,10 @@ class RayExecutor(Executor):
                  placement_timeout: float = 30.0, max_restarts: int = 3):
         if ray is None:
             raise ClusterError("ray is not installed")
+        from ..models.registry import FAMILIES, adapter_class
+
+        # The coordinator holds the fp32 latent on CPU and never loads weights.
+        self.space = adapter_class(FAMILIES[family]).latent_space.from_source(source)
         self.owns_ray = False
         self._connect(address)
         gpus = ray.cluster_resources().get("GPU", 0)

@@ -1,0 +1,168 @@
+"""RayExecutor on a real local Ray instance: determinism, faults, resume, decode, bad input.
+
+Torch runs one thread per replica in the test process (conftest) and in each worker, so local
+and Ray renders are comparable bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longvid_dist import RenderSpec
+from longvid_dist.api import render
+from longvid_dist.io.video import read_frames
+from longvid_dist.runtime import checkpoint
+from longvid_dist.runtime.executor import LocalExecutor
+from longvid_dist.runtime.ray_executor import ClusterError, RayExecutor, ray, shard
+
+pytestmark = pytest.mark.ray
+
+SPEC = dict(prompt="a cat runs on the beach", negative_prompt="blurry", frames=121, steps=4, recipe="glc")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the module; executors join it and leave it running."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _spec(tmp_path, name, **kw):
+    return RenderSpec(**{**SPEC, "out": str(tmp_path / name), **kw})
+
+
+def _local(tmp_path, name, tiny_adapter, **kw):
+    spec = _spec(tmp_path, name, **kw)
+    render(spec, executor=LocalExecutor(tiny_adapter), progress=False)
+    return read_frames(spec.out)
+
+
+def test_shard_balances_and_covers():
+    from longvid_dist.methods.windows import dilated_windows, shifted_windows
+
+    wins = dilated_windows(61, 21) + shifted_windows(61, 21, 10, 3)
+    for n in (1, 2, 3, 8):
+        shards = shard(wins, n)
+        assert sorted(i for s in shards for i in s) == list(range(len(wins)))
+        costs = [sum(len(wins[i]) ** 2 for i in s) for s in shards]
+        assert max(costs) - min(costs) <= max(len(w) ** 2 for w in wins) + 8 * 21
+    assert shard(wins, 2) == shard(wins, 2)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_render_equals_local(tmp_path, tiny_adapter, tiny_path, ray_local, workers):
+    ref = _local(tmp_path, "local.mkv", tiny_adapter)
+    spec = _spec(tmp_path, f"ray{workers}.mkv", workers=workers)
+    render(spec, progress=False)
+    out = read_frames(spec.out)
+    assert out.shape == ref.shape == (121, 64, 64, 3)
+    assert np.array_equal(out, ref)
+    import json
+
+    side = json.loads(Path(spec.out + ".json").read_text())
+    assert side["executor"] == "RayExecutor"
+    assert len(side["workers"]) == workers and all(w["busy"] > 0 for w in side["workers"])
+    assert all(s["bytes_moved"] > 0 and "transfer" in s for s in side["timings"]["per_step"])
+
+
+def test_distributed_decode_equals_local(tiny_adapter, tiny_path, ray_local):
+    z = torch.randn(16, 80, 8, 8, generator=torch.Generator().manual_seed(5))
+    ref = np.concatenate(list(LocalExecutor(tiny_adapter).decode(z, 4)))
+    ex = RayExecutor("wan", tiny_path, 2)
+    try:
+        out = np.concatenate(list(ex.decode(z, 4)))
+    finally:
+        ex.close()
+    assert out.dtype == np.uint8 and np.array_equal(out, ref)
+
+
+def test_worker_killed_mid_render_gives_identical_output(tmp_path, tiny_adapter, tiny_path, ray_local):
+    kw = dict(steps=16)
+    ref = _local(tmp_path, "ref.mkv", tiny_adapter, **kw)
+    ex = RayExecutor("wan", tiny_path, 2)
+    victim = ex.worker_pids()[1]
+    killed = threading.Event()
+
+    def killer():
+        while len(ex.metrics) < 3:
+            time.sleep(0.005)
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+    threading.Thread(target=killer, daemon=True).start()
+    spec = _spec(tmp_path, "killed.mkv", workers=2, **kw)
+    render(spec, executor=ex, progress=False)
+    assert killed.is_set()
+    assert ex.restarts >= 1
+    assert np.array_equal(read_frames(spec.out), ref)
+
+
+def _cli(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "longvid_dist.cli", "render", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_killed_render_resumes_to_identical_video(tmp_path):
+    common = ["--prompt", "a red car", "--frames", "81", "--steps", "40", "--recipe", "glc", "--quiet"]
+    ref = tmp_path / "ref.mkv"
+    p = _cli(*common, "--out", str(ref), "--checkpoint-every", "0")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+
+    out = tmp_path / "run.mkv"
+    ckpt = Path(checkpoint.checkpoint_path(str(out)))
+    p = _cli(*common, "--out", str(out), "--checkpoint-every", "3")
+    deadline = time.time() + 240
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "render finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not out.exists()
+    step = torch.load(ckpt, weights_only=False)["next_step"]
+    assert 0 < step < 40
+
+    bad = _cli(*common[:-1], "--seed", "7", "--out", str(out), "--resume")
+    assert bad.wait(timeout=120) == 2
+    err = bad.stderr.read().strip()
+    assert "different render" in err and "seed" in err and len(err.splitlines()) == 1
+
+    p = _cli(*common, "--out", str(out), "--resume")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert np.array_equal(read_frames(str(out)), read_frames(str(ref)))
+    assert not ckpt.exists()
+    import json
+
+    assert json.loads(Path(str(out) + ".json").read_text())["resumed_from_step"] == step
+
+
+def test_too_many_workers_is_a_clear_error(tiny_path, ray_local):
+    t0 = time.time()
+    with pytest.raises(ClusterError, match=r"--workers 9 needs 9 CPU .* the cluster has 2 CPU"):
+        RayExecutor("wan", tiny_path, 9)
+    assert time.time() - t0 < 30
+
+
+def test_cli_bad_cluster_inputs(tmp_path):
+    out = tmp_path / "x.mp4"
+    p = _cli("--prompt", "x", "--frames", "41", "--address", "127.0.0.1:1", "--out", str(out))
+    assert p.wait(timeout=60) == 1
+    err = p.stderr.read()
+    assert "cannot reach Ray cluster at '127.0.0.1:1'" in err
+    for args, flag in ((["--workers", "0"], "--workers"), (["--workers", "-2"], "--workers"),
+                       (["--resume"], "--resume")):
+        p = _cli("--prompt", "x", "--out", str(out), *args)
+        assert p.wait(timeout=60) == 2
+        lines = p.stderr.read().strip().splitlines()
+        assert len(lines) == 1 and flag in lines[0]
+    assert list(tmp_path.iterdir()) == []
