@@ -75,23 +75,33 @@ def load_adapter(spec: RenderSpec, device: str = "cpu", dtype: str = "float32"):
 class _Progress:
     """A tqdm bar on a terminal; plain log lines every ~10% of steps otherwise."""
 
-    def __init__(self, total: int, start: int, desc: str):
+    def __init__(self, total: int, start: int, desc: str, executor=None):
         from tqdm import tqdm
 
         self.tty = sys.stderr.isatty()
         self.total, self.start, self.t0 = total, start, time.perf_counter()
         self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not self.tty)
         self.every = max(1, total // 10)
+        self.executor = executor
+
+    def _workers(self, s) -> str:
+        """Per-worker activity of the step: busy time over the step's predict wall time."""
+        metrics = getattr(self.executor, "metrics", None)
+        if not metrics or s.predict <= 0:
+            return ""
+        return " ".join(f"{min(b / s.predict, 1):.0%}" for b in metrics[-1]["worker_busy"])
 
     def __call__(self, s, *_) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(windows=s.windows, t=f"{s.t:.0f}")
+        busy = self._workers(s)
+        self.bar.set_postfix(windows=s.windows, t=f"{s.t:.0f}", **({"workers": busy} if busy else {}))
         done = s.step + 1
         if not self.tty and (done % self.every == 0 or done == self.total):
             el = time.perf_counter() - self.t0
             rate = el / max(done - self.start, 1)
             print(f"[longvid] step {done}/{self.total} t={s.t:.0f} windows={s.windows} "
-                  f"predict={s.predict:.2f}s elapsed={el:.1f}s eta={rate * (self.total - done):.1f}s",
+                  f"predict={s.predict:.2f}s{' workers=' + busy.replace(' ', ',') if busy else ''} "
+                  f"elapsed={el:.1f}s eta={rate * (self.total - done):.1f}s",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -149,7 +159,7 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         planner = Planner(recipe, latent.shape[1], fam.latent_frames(fam.native_frames),
                           lambda purpose, step: keyed_generator(spec.seed, purpose, step))
 
-        bar = _Progress(spec.steps, start, "denoise") if progress else None
+        bar = _Progress(spec.steps, start, "denoise", executor) if progress else None
 
         def on_step(stats, lat, sched):
             if bar:
