@@ -126,6 +126,7 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
     """Render ``spec`` to ``spec.out`` (atomically) and write the sidecar JSON.
 
     Runs in-process (``LocalExecutor``) unless ``spec.workers``/``spec.address`` ask for Ray.
+    An ``executor`` passed in is reused as is and left open (its workers keep their model).
     The coordinator checkpoints every ``spec.checkpoint_every`` steps to ``<out>.ckpt``;
     ``spec.resume`` continues from it and gives the same video as an uninterrupted render.
     """
@@ -140,6 +141,7 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
     timings: dict = {}
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe).with_overrides(window=spec.window, stride=spec.stride)
+    owned = executor is None  # a caller's executor stays open for its next render
     executor = executor or make_executor(spec)
     space = executor.space
     try:
@@ -149,15 +151,15 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         executor.set_conditions({"main": (spec.prompt, spec.negative_prompt)}, spec.guidance)
         timings["encode"] = time.perf_counter() - t0
 
+        fam = spec.resolved.family
+        planner = Planner(recipe, spec.latent_frames, fam.latent_frames(fam.native_frames),
+                          lambda purpose, step: keyed_generator(spec.seed, purpose, step))
         if resumed:
             latent, scheduler, start = resumed["latent"], resumed["scheduler"], resumed["next_step"]
         else:
             scheduler = space.make_scheduler(spec.steps)
-            latent = space.init_noise(noise_generator(spec.seed), spec.frames, spec.height, spec.width)
+            latent = planner.init_noise(space, noise_generator(spec.seed), spec.frames, spec.height, spec.width)
             start = 0
-        fam = spec.resolved.family
-        planner = Planner(recipe, latent.shape[1], fam.latent_frames(fam.native_frames),
-                          lambda purpose, step: keyed_generator(spec.seed, purpose, step))
 
         bar = _Progress(spec.steps, start, "denoise", executor) if progress else None
 
@@ -184,7 +186,8 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         timings["total"] = time.perf_counter() - t_start
         metrics = getattr(executor, "report", lambda: {})()
     finally:
-        executor.close()
+        if owned:
+            executor.close()
 
     side = sidecar_path(spec.out)
     steps = [asdict(s) for s in result.steps]
@@ -194,7 +197,7 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         "spec": spec.to_dict(),
         "seed": spec.seed,
         "model": {"name": spec.model, "family": spec.resolved.family.name, "source": spec.resolved.source},
-        "recipe": {"name": recipe.name, **recipe.params()},
+        "recipe": recipe.to_dict(),
         "frames": writer.frames_written,
         "latent_frames": spec.latent_frames,
         "device": executor.device,

@@ -37,7 +37,8 @@ def _add_render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=d["guidance"].default,
                    help="classifier-free guidance scale, >= 0; <= 1 disables guidance (default: %(default)s)")
     p.add_argument("--recipe", default=d["recipe"].default,
-                   help="long-video recipe (default: %(default)s; see `longvid recipes`)")
+                   help="long-video recipe: a built-in name or a YAML file (default: %(default)s; "
+                        "see `longvid recipes`)")
     p.add_argument("--window", type=int, default=None,
                    help="window length in latent frames (default: the model's native clip, 21 for Wan)")
     p.add_argument("--stride", type=int, default=None,
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_args(r)
     sub.add_parser("models", help="list model families and built-in models")
     sub.add_parser("recipes", help="list recipes and their parameters")
+    sub.add_parser("eval", help="model-free temporal metrics of videos (flicker, motion, consistency); "
+                                "see `longvid eval -h`", add_help=False)
     return parser
 
 
@@ -108,15 +111,27 @@ def _cmd_models() -> int:
 
 
 def _cmd_recipes() -> int:
-    from .methods.recipes import BUILTIN
+    from .methods.recipes import builtin_names, get_recipe
 
-    for r in BUILTIN.values():
-        params = ", ".join(f"{k}={v}" for k, v in r.params().items())
-        print(f"{r.name:10s} {r.description}\n{'':10s} {params}")
+    for name in builtin_names():
+        r = get_recipe(name)
+        print(f"{name:14s} {r.description}")
+        for sec, data in r.to_dict().items():
+            if sec in ("name", "description") or data["kind"] == "none":
+                continue
+            params = ", ".join(f"{k}={v}" for k, v in data.items() if k != "kind")
+            print(f"{'':14s}   {sec}: {data['kind']}{' (' + params + ')' if params else ''}")
+    print("\nA YAML file with the same sections (plan, noise, attention, rope, refine) works as "
+          "--recipe path.yaml.")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "eval":  # its own parser (longvid_dist.eval)
+        from .eval import main_eval
+
+        return main_eval(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "models":

@@ -49,7 +49,7 @@ class RenderSpec:
     guidance: float = 5.0
     """Classifier-free guidance scale (<= 1 turns guidance off)."""
     recipe: str = "glc"
-    """Recipe name (``longvid recipes``)."""
+    """Built-in recipe name (``longvid recipes``) or a path to a YAML recipe."""
     window: int | None = None
     """Window length in latent frames, overriding the recipe; ``None`` = the model's native clip."""
     stride: int | None = None
@@ -101,12 +101,15 @@ class RenderSpec:
         _int(self, "seed", 0)
         _number(self, "guidance", lambda v: v >= 0, "must be >= 0")
         _number(self, "fps", lambda v: v > 0, "must be > 0")
-        from .methods.recipes import get_recipe  # torch is imported lazily by recipes' users only
+        from .methods.recipes import get_recipe
 
         try:
-            get_recipe(self.recipe)
+            recipe = get_recipe(self.recipe)
         except ValueError as e:
             raise SpecError("recipe", str(e)) from None
+        for name in ("window", "stride"):
+            if getattr(self, name) is not None and name not in recipe.plan.params:
+                raise SpecError(name, f"recipe {recipe.name!r} uses plan {recipe.plan.kind}, which has no {name}")
         latent = self.latent_frames
         for name in ("window", "stride"):
             v = getattr(self, name)
@@ -115,7 +118,7 @@ class RenderSpec:
                 if v > latent:
                     raise SpecError(name, f"{v} latent frames exceeds the video's {latent} latent frames "
                                           f"({self.frames} pixel frames)")
-        window = min(self.window or get_recipe(self.recipe).window or fam.latent_frames(fam.native_frames), latent)
+        window = min(self.window or recipe.plan.params.get("window") or fam.latent_frames(fam.native_frames), latent)
         if self.stride and latent > window and self.stride > window:
             raise SpecError("stride", f"{self.stride} must not exceed the window ({window} latent frames)")
         if self.workers is not None:

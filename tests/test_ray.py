@@ -102,7 +102,10 @@ def test_worker_killed_mid_render_gives_identical_output(tmp_path, tiny_adapter,
 
     threading.Thread(target=killer, daemon=True).start()
     spec = _spec(tmp_path, "killed.mkv", workers=2, **kw)
-    render(spec, executor=ex, progress=False)
+    try:
+        render(spec, executor=ex, progress=False)
+    finally:
+        ex.close()
     assert killed.is_set()
     assert ex.restarts >= 1
     assert np.array_equal(read_frames(spec.out), ref)

@@ -1,78 +1,253 @@
-"""Recipes: named compositions of window plans and merges, as data.
+"""Recipes: named compositions of training-free methods, as data.
 
-A recipe is a frozen :class:`Recipe`; ``sampling.planner.Planner`` turns it into each step's
-windows and the function that merges their predictions. Importing this module is cheap (no
-torch), so specs are validated before anything heavy loads.
+A recipe has five sections, each a ``kind`` plus parameters:
+
+- ``plan``: which windows each step denoises and how they merge (direct, sliding, glc);
+- ``noise``: the initial noise (iid, freenoise, glc_reinit, antiphase);
+- ``attention``: a self-attention patch (none, abam, freelong);
+- ``rope``: a temporal RoPE change (none, riflex);
+- ``refine``: a latent refinement after each step (none, vmcr).
+
+Built-in recipes are YAML files shipped in ``longvid_dist/recipes``; ``--recipe path.yaml``
+loads a user's file with the same rules. :data:`SCHEMA` is the single source of every
+parameter's type, default and allowed range; validation names the offending key. Importing
+this module does not import torch, so specs are validated before anything heavy loads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 PROFILES = ("uniform", "pyramid", "triangular", "gaussian")
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
-PLANS = ("direct", "sliding", "glc")
+
+@dataclass(frozen=True)
+class Param:
+    """One recipe parameter."""
+
+    type: tuple
+    """Allowed Python types (``type(None)`` admits null = "the model's default")."""
+    default: Any
+    """Value when the recipe omits it."""
+    allowed: str
+    """Human description of allowed values, used in error messages and listings."""
+    check: Callable[[Any], bool] = lambda v: True
+    """Range check on a non-null value."""
+
+
+def _num(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    def ok(v):
+        return math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return ok
+
+
+_INT_OR_NULL = (int, type(None))
+_NUM = (int, float)
+_WINDOW = Param(_INT_OR_NULL, None, "a positive integer (latent frames) or null for the model's native clip",
+                lambda v: v >= 1)
+_STRIDE = Param(_INT_OR_NULL, None, "a positive integer (latent frames) or null for half the window",
+                lambda v: v >= 1)
+_PROFILE = Param((str,), "uniform", f"one of {', '.join(PROFILES)}", lambda v: v in PROFILES)
+_LAYERS = Param((list, type(None)), None, "null (all layers) or a list of layer indices",
+                lambda v: all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v))
+_CUTOFF = Param(_NUM, 0.25, "a number in (0, 1]", _num(0, 1, lo_open=True))
+
+SCHEMA: dict[str, dict[str, dict[str, Param]]] = {
+    "plan": {
+        "direct": {},
+        "sliding": {"window": _WINDOW, "stride": _STRIDE, "profile": _PROFILE},
+        "glc": {
+            "window": _WINDOW, "stride": _STRIDE, "profile": _PROFILE,
+            "paths": Param((str,), "both", "both, global or local", lambda v: v in ("both", "global", "local")),
+            "gamma0": Param(_NUM, 0.005, "a number in [0, 1]", _num(0, 1)),
+            "beta": Param(_NUM, 0.0005, "a number >= 0", _num(0)),
+        },
+    },
+    "noise": {
+        "iid": {},
+        "freenoise": {"window": _WINDOW,
+                      "stride": Param(_INT_OR_NULL, None, "a positive integer or null for a quarter window",
+                                      lambda v: v >= 1)},
+        "glc_reinit": {
+            "window": _WINDOW,
+            "stride": Param(_INT_OR_NULL, None, "a positive integer or null for a quarter window",
+                            lambda v: v >= 1),
+            "filter": Param((str,), "gaussian", "gaussian or butterworth", lambda v: v in ("gaussian", "butterworth")),
+            "d_s": _CUTOFF, "d_t": _CUTOFF,
+            "order": Param((int,), 4, "a positive integer (Butterworth order)", lambda v: v >= 1),
+        },
+        "antiphase": {"rho": Param(_NUM, -0.3, "a number in (-1, 0)", _num(-1, 0, True, True))},
+    },
+    "attention": {
+        "none": {},
+        "abam": {"lam": Param(_NUM, 0.1, "a number in [0, 1]", _num(0, 1)), "layers": _LAYERS},
+        "freelong": {"band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+                     "d_s": _CUTOFF, "d_t": _CUTOFF, "layers": _LAYERS},
+    },
+    "rope": {
+        "none": {},
+        "riflex": {"k": Param(_INT_OR_NULL, None, "null (the paper's rule) or a frequency index >= 0",
+                              lambda v: v >= 0),
+                   "factor": Param(_NUM, 0.9, "a number in (0, 1]", _num(0, 1, lo_open=True))},
+    },
+    "refine": {
+        "none": {},
+        "vmcr": {"lam_f": Param(_NUM, 0.2, "a number >= 0", _num(0)),
+                 "lam_mse": Param(_NUM, 0.001, "a number >= 0", _num(0)),
+                 "lam_phase": Param(_NUM, 1.0, "a number >= 0", _num(0)),
+                 "omega": Param(_NUM, 2e-5, "a number > 0", _num(0, lo_open=True))},
+    },
+}
+SECTION_DEFAULTS = {"plan": "direct", "noise": "iid", "attention": "none", "rope": "none", "refine": "none"}
+
+
+class RecipeError(ValueError):
+    """A recipe has an unknown key, a wrong type, an out-of-range value or a conflict."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a recipe: a kind and its complete, validated parameters."""
+
+    kind: str
+    params: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        try:
+            return self.params[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a render does each step. Window sizes are in latent frames."""
+    """A validated recipe. Build with :func:`recipe_from_dict`, :func:`load_recipe` or
+    :func:`get_recipe`."""
 
     name: str
-    """Recipe name (``longvid recipes`` lists the built-in ones)."""
+    """Recipe name."""
     description: str
     """One line for listings."""
-    plan: str = "direct"
-    """Window plan: ``direct`` (one window), ``sliding`` (Gen-L-Video) or ``glc`` (global
-    dilated + local randomly shifted windows, fused by gamma(t))."""
-    window: int | None = None
-    """Window length in latent frames; ``None`` = the model's native clip (21 for Wan)."""
-    stride: int | None = None
-    """Sliding / local window stride in latent frames; ``None`` = half the window."""
-    profile: str = "uniform"
-    """Per-frame merge weights: uniform, pyramid (triangular) or gaussian."""
-    gamma0: float = 0.005
-    """GLC path fusion: initial annealing coefficient (paper default 0.005)."""
-    beta: float = 0.0005
-    """GLC path fusion: growth rate of gamma with t (paper default 0.0005)."""
+    plan: Section
+    """Window plan and merge."""
+    noise: Section
+    """Initial noise strategy."""
+    attention: Section
+    """Self-attention patch."""
+    rope: Section
+    """Temporal RoPE change."""
+    refine: Section
+    """Per-step latent refinement."""
 
-    def __post_init__(self):
-        if self.plan not in PLANS:
-            raise ValueError(f"recipe {self.name!r}: plan {self.plan!r} unknown; use one of {', '.join(PLANS)}")
-        if self.profile not in PROFILES:
-            raise ValueError(f"recipe {self.name!r}: profile {self.profile!r} unknown; use one of {', '.join(PROFILES)}")
-        for k in ("window", "stride"):
-            v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"recipe {self.name!r}: {k} must be a positive integer (latent frames), got {v!r}")
-        if self.window and self.stride and self.stride > self.window:
-            raise ValueError(f"recipe {self.name!r}: stride {self.stride} exceeds window {self.window}")
-        if not self.gamma0 >= 0 or not self.gamma0 <= 1:
-            raise ValueError(f"recipe {self.name!r}: gamma0 must be in [0, 1], got {self.gamma0}")
+    def to_dict(self) -> dict:
+        """Plain data (YAML-able; the sidecar records it)."""
+        out: dict = {"name": self.name, "description": self.description}
+        for sec in SCHEMA:
+            s = getattr(self, sec)
+            out[sec] = {"kind": s.kind, **s.params}
+        return out
 
-    def params(self) -> dict:
-        """Parameters other than name/description (for listings and the sidecar)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "description")}
-
-    def with_overrides(self, **kw) -> "Recipe":
-        """A copy with the non-None overrides applied (validated again)."""
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+    def with_overrides(self, window: int | None = None, stride: int | None = None) -> "Recipe":
+        """The recipe with the plan's window/stride replaced where given (CLI flags)."""
+        d = self.to_dict()
+        for k, v in (("window", window), ("stride", stride)):
+            if v is not None:
+                if k not in SCHEMA["plan"][d["plan"]["kind"]]:
+                    raise RecipeError(f"recipe {self.name!r}: plan {d['plan']['kind']} has no {k}")
+                d["plan"][k] = v
+        return recipe_from_dict(d)
 
 
-BUILTIN: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe("direct", "direct sampling: one window over the whole video (stock pipeline)", plan="direct"),
-        Recipe("sliding", "Gen-L-Video: overlapping windows, stride half a window, WLS merge", plan="sliding"),
-        Recipe("glc", "GLC-Diffusion: global dilated + local random-shift windows, gamma(t) fusion",
-               plan="glc"),
-    )
-}
+def _section(recipe: str, sec: str, value) -> Section:
+    if value is None:
+        value = {"kind": SECTION_DEFAULTS[sec]}
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise RecipeError(f"recipe {recipe!r}: {sec}: must be a mapping with a 'kind', got {value!r}")
+    kinds = SCHEMA[sec]
+    kind = value.get("kind", SECTION_DEFAULTS[sec])
+    if kind not in kinds:
+        raise RecipeError(f"recipe {recipe!r}: {sec}.kind: {kind!r} unknown; use one of {', '.join(kinds)}")
+    schema = kinds[kind]
+    params = {}
+    for key, v in value.items():
+        if key == "kind":
+            continue
+        if key not in schema:
+            allowed = ", ".join(schema) or "none"
+            raise RecipeError(f"recipe {recipe!r}: {sec}.{key}: unknown key for {sec} {kind}; allowed: {allowed}")
+        p = schema[key]
+        if isinstance(v, bool) or not isinstance(v, p.type) or (v is not None and not p.check(v)):
+            raise RecipeError(f"recipe {recipe!r}: {sec}.{key}: must be {p.allowed}, got {v!r}")
+        params[key] = tuple(v) if isinstance(v, list) else v
+    for key, p in schema.items():
+        params.setdefault(key, p.default)
+    return Section(kind, params)
+
+
+def recipe_from_dict(d: dict, name: str | None = None) -> Recipe:
+    """Validate a recipe mapping (as read from YAML); :class:`RecipeError` names the key."""
+    name = name or d.get("name") or "recipe"
+    if not isinstance(d, dict):
+        raise RecipeError(f"recipe {name!r}: must be a mapping of sections")
+    unknown = set(d) - set(SCHEMA) - {"name", "description"}
+    if unknown:
+        raise RecipeError(f"recipe {name!r}: {sorted(unknown)[0]}: unknown key; allowed: name, description, "
+                          f"{', '.join(SCHEMA)}")
+    secs = {sec: _section(name, sec, d.get(sec)) for sec in SCHEMA}
+    r = Recipe(name, str(d.get("description", "")), **secs)
+    _check_conflicts(r)
+    return r
+
+
+def _check_conflicts(r: Recipe) -> None:
+    plan = r.plan
+    if r.attention.kind == "abam" and plan.kind == "direct":
+        raise RecipeError(f"recipe {r.name!r}: attention abam needs several windows (plan sliding or glc), "
+                          f"plan is direct")
+    if r.rope.kind == "riflex" and plan.kind != "direct":
+        raise RecipeError(f"recipe {r.name!r}: rope riflex extrapolates one window over the whole video and "
+                          f"needs plan direct, plan is {plan.kind}")
+    w, s = plan.params.get("window"), plan.params.get("stride")
+    if w and s and s > w:
+        raise RecipeError(f"recipe {r.name!r}: plan.stride: {s} exceeds plan.window {w}")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise RecipeError(f"recipe file {str(path)!r}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe file {str(path)!r}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe file {str(path)!r}: must be a YAML mapping of sections")
+    return recipe_from_dict(data, name=data.get("name") or path.stem)
+
+
+def builtin_names() -> list[str]:
+    """Names of the recipes shipped with the package, in listing order."""
+    order = ["direct", "sliding", "freenoise", "freelong", "riflex", "glc",
+             "glc-no-global", "glc-no-local", "glc-no-reinit", "glc-no-vmcr"]
+    found = {p.stem for p in RECIPE_DIR.glob("*.yaml")}
+    return [n for n in order if n in found] + sorted(found - set(order))
 
 
 def get_recipe(name: str) -> Recipe:
-    """A built-in recipe by name; ``ValueError`` listing the choices otherwise."""
-    try:
-        return BUILTIN[name]
-    except KeyError:
-        raise ValueError(f"unknown recipe {name!r}: use one of {', '.join(BUILTIN)}") from None
+    """A built-in recipe by name, or a YAML file by path (``*.yaml`` / ``*.yml``)."""
+    if name.endswith((".yaml", ".yml")):
+        return load_recipe(name)
+    path = RECIPE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"unknown recipe {name!r}: use one of {', '.join(builtin_names())}, "
+                          f"or a path to a .yaml recipe")
+    return load_recipe(path)

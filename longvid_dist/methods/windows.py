@@ -10,7 +10,7 @@ only randomness (local shifts) is passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +29,10 @@ class Window:
     """Which path it belongs to: ``full`` (single path), ``global`` or ``local``."""
     cond: str = "main"
     """Conditioning id looked up by the executor (a prompt of a timeline, an anchor...)."""
+    role: str = "plain"
+    """Attention role: ``plain``, ``anchor`` (others attend to its keys/values) or ``follow``."""
+    anchor: tuple[int, ...] | None = None
+    """For ``follow`` windows: the frames of the anchor window whose keys/values they use."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -136,6 +140,14 @@ def dilated_windows(num_frames: int, length: int) -> list[Window]:
 def _check_stride(length: int, stride: int) -> None:
     if not 1 <= stride <= length:
         raise ValueError(f"stride {stride} must be between 1 and the window length {length}")
+
+
+def with_anchor(windows: list[Window]) -> list[Window]:
+    """Make the first window of a path the anchor of the others (GLC's ABAM, Eq. 10)."""
+    if len(windows) < 2:
+        return windows
+    first = windows[0]
+    return [replace(first, role="anchor")] + [replace(w, role="follow", anchor=first.frames) for w in windows[1:]]
 
 
 def coverage(windows: list[Window], num_frames: int) -> np.ndarray:

@@ -52,6 +52,14 @@ class LatentSpace(ABC):
     def make_scheduler(self, steps: int):
         """A fresh scheduler (the pipeline's own class and config) with timesteps set."""
 
+    @abstractmethod
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, F, h, w)`` of a video's latent."""
+
+    @abstractmethod
+    def predict_x0(self, latent: torch.Tensor, pred: torch.Tensor, scheduler, step: int) -> torch.Tensor:
+        """Clean-latent estimate from the merged model prediction at step index ``step``."""
+
 
 class ModelAdapter(ABC):
     """A loaded model replica of one family."""
@@ -82,8 +90,18 @@ class ModelAdapter(ABC):
         """A fresh scheduler (the pipeline's own class and config) with timesteps set."""
 
     @abstractmethod
-    def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """Guided model prediction for a window ``[C, L, h, w]`` at timestep ``t`` (fp32 out)."""
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
+                anchor_key=None) -> torch.Tensor:
+        """Guided model prediction for a window ``[C, L, h, w]`` at timestep ``t`` (fp32 out).
+        ``role``/``anchor_key`` tell an installed attention patch the window's part (ABAM)."""
+
+    @abstractmethod
+    def install(self, attention=None, temporal_rope=None, key=None) -> None:
+        """Install an attention patch and/or temporal RoPE map; ``None`` restores stock."""
+
+    @abstractmethod
+    def begin_step(self) -> None:
+        """Forget per-step attention state."""
 
     @abstractmethod
     def decode(self, latent: torch.Tensor, chunk: int, skip: int = 0) -> Iterator[np.ndarray]:

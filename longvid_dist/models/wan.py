@@ -13,8 +13,39 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..methods.attention import AttentionPatch, AttnContext
 from .base import Cond, LatentSpace, ModelAdapter
 from .registry import FAMILIES
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding on ``[B, S, H, D]``."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D] -> 2 x [B, S, H, D/2]
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class _PatchedSelfAttention:
+    """Self-attention processor that computes q, k, v as Wan does and lets a method patch
+    decide the attention itself (``patch.attend``)."""
+
+    def __init__(self, patch: AttentionPatch, ctx: AttnContext, layer: int):
+        self.patch, self.ctx, self.layer = patch, ctx, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        q, k, v = _get_qkv_projections(attn, hidden_states, None)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # [B, S, H*D] -> [B, S, H, D]
+        if rotary_emb is not None:
+            q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
+        self.ctx.layer = self.layer
+        out = self.patch.attend(q, k, v, self.ctx).flatten(2, 3).type_as(q)  # [B, S, H, D] -> [B, S, H*D]
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 class WanLatentSpace(LatentSpace):
@@ -45,8 +76,15 @@ class WanLatentSpace(LatentSpace):
     def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
-        shape = (1, self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
+        shape = (1, *self.latent_shape(frames, height, width))
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)[0]
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
+
+    def predict_x0(self, latent: torch.Tensor, pred: torch.Tensor, scheduler, step: int) -> torch.Tensor:
+        """Clean-latent estimate from a flow prediction: ``x0 = z_t - sigma_t * v``."""
+        return latent - scheduler.sigmas[step].to(latent.dtype) * pred
 
     def make_scheduler(self, steps: int):
         sched = type(self.scheduler).from_config(self.scheduler.config)
@@ -69,6 +107,51 @@ class WanAdapter(ModelAdapter):
         self.dtype = self.transformer.dtype
         self.space = WanLatentSpace(pipe.scheduler, pipe.transformer.config.in_channels,
                                     pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
+        self.ctx = AttnContext()
+        self.patch_key = None
+        self._stock_processors = {i: b.attn1.processor for i, b in enumerate(self.transformer.blocks)}
+        rope = self.transformer.rope
+        self._stock_rope = (rope.freqs_cos.clone(), rope.freqs_sin.clone())
+
+    # -- method hooks -------------------------------------------------------------------
+    def install(self, attention: AttentionPatch | None = None, temporal_rope=None, key=None) -> None:
+        """Install a self-attention patch (on the layers it selects) and/or a temporal RoPE
+        frequency map ``theta -> theta'``; ``None`` restores the stock model. ``key`` names the
+        installation so repeated calls with the same key are free."""
+        if key is not None and key == self.patch_key:
+            return
+        for i, block in enumerate(self.transformer.blocks):
+            use = attention is not None and attention.applies(i)
+            block.attn1.set_processor(_PatchedSelfAttention(attention, self.ctx, i) if use
+                                      else self._stock_processors[i])
+        rope = self.transformer.rope
+        cos, sin = (t.clone() for t in self._stock_rope)
+        if temporal_rope is not None:
+            from ..methods.rope import rope_frequencies
+
+            theta = rope_frequencies(rope.t_dim, self.rope_base)
+            new = np.asarray(temporal_rope(theta), dtype=np.float64)
+            pos = torch.arange(rope.max_seq_len, dtype=torch.float64)
+            for j in np.flatnonzero(new != theta):  # only changed components; the rest stay stock
+                ang = pos * float(new[j])
+                cos[:, 2 * j: 2 * j + 2] = torch.cos(ang).to(cos.dtype).view(-1, 1)  # interleaved pair
+                sin[:, 2 * j: 2 * j + 2] = torch.sin(ang).to(sin.dtype).view(-1, 1)
+        rope.freqs_cos.copy_(cos)
+        rope.freqs_sin.copy_(sin)
+        self.ctx.store.clear()
+        self.patch_key = key
+
+    rope_base = 10000.0
+    """Wan's RoPE base (``WanRotaryPosEmbed`` theta)."""
+
+    def rope_dims(self) -> tuple[int, int, int]:
+        """Head dimensions of the temporal, height and width RoPE parts."""
+        r = self.transformer.rope
+        return r.t_dim, r.h_dim, r.w_dim
+
+    def begin_step(self) -> None:
+        """Forget per-step attention state (ABAM anchors)."""
+        self.ctx.store.clear()
 
     @classmethod
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "WanAdapter":
@@ -106,12 +189,18 @@ class WanAdapter(ModelAdapter):
 
     # -- model --------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
+                anchor_key=None) -> torch.Tensor:
         x = latent.unsqueeze(0).to(self.device, self.dtype)  # [C, L, h, w] -> [1, C, L, h, w]
         timestep = t.to(self.device).expand(1)
+        pt, ph, pw = self.transformer.config.patch_size
+        self.ctx.grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        self.ctx.role, self.ctx.anchor_key = role, anchor_key
+        self.ctx.branch = "cond"
         out = self.transformer(hidden_states=x, timestep=timestep,
                                encoder_hidden_states=cond.prompt_embeds, return_dict=False)[0]
         if cond.negative_embeds is not None:
+            self.ctx.branch = "uncond"
             uncond = self.transformer(hidden_states=x, timestep=timestep,
                                       encoder_hidden_states=cond.negative_embeds, return_dict=False)[0]
             out = uncond + cond.guidance * (out - uncond)

@@ -33,6 +33,10 @@ class Executor(ABC):
         """Encode each conditioning id's (prompt, negative prompt) once per render."""
 
     @abstractmethod
+    def install(self, patches: dict | None) -> None:
+        """Install a render's attention/RoPE patches (``Planner.patches()``) on every replica."""
+
+    @abstractmethod
     def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         """Guided predictions ``[C, len(w), h, w]`` for each window, in the order given."""
 
@@ -63,11 +67,31 @@ class LocalExecutor(Executor):
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
         self.conds = {k: self.adapter.encode_prompt(p, n, guidance) for k, (p, n) in prompts.items()}
 
+    def install(self, patches: dict | None) -> None:
+        install_patches(self.adapter, patches)
+
     def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
-        return [self.adapter.predict(latent[:, list(w.frames)], t, self.conds[w.cond]) for w in windows]
+        return predict_windows(self.adapter, self.conds, t, [(latent[:, list(w.frames)], w) for w in windows])
 
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
         return (to_uint8(f) for f in self.adapter.decode(latent, chunk))
+
+
+def install_patches(adapter: ModelAdapter, patches: dict | None) -> None:
+    """Install patches on a replica (a no-op when the same ones are already installed)."""
+    from ..sampling.planner import make_patches
+
+    attention, rope = make_patches(patches)
+    key = repr(sorted(patches.items())) if patches else None
+    adapter.install(attention, rope, key=key)
+
+
+def predict_windows(adapter: ModelAdapter, conds: dict, t: torch.Tensor, items: list) -> list[torch.Tensor]:
+    """Predictions for ``(latent frames, window)`` items, in order: anchors record their
+    attention keys/values for the followers that come after them in the same step."""
+    adapter.begin_step()
+    return [adapter.predict(x, t, conds[w.cond], role=w.role, anchor_key=w.anchor if w.role == "follow"
+                            else w.frames) for x, w in items]
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

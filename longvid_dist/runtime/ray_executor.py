@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..methods.windows import Window
-from .executor import Executor, to_uint8
+from .executor import Executor, install_patches, predict_windows, to_uint8
 
 # Ray 2.60 turns token authentication on by default and reads RAY_AUTH_MODE at import time.
 # We choose it deliberately, before importing ray: a user's setting wins; otherwise "token",
@@ -89,17 +89,20 @@ class _Worker:
     def encode(self, prompt: str, negative: str, guidance: float) -> dict:
         return self._load().encode_prompt(prompt, negative, guidance).to_numpy()
 
-    def predict(self, cond_refs: dict, t: np.ndarray, frames: np.ndarray, items: list) -> tuple[list, float]:
+    def predict(self, cond_refs: dict, patches: dict | None, t: np.ndarray, frames: np.ndarray,
+                items: list) -> tuple[list, float]:
         """``frames``: ``[C, n, h, w]`` latent frames this worker needs; ``items``: for each window
-        ``(cond_id, local frame indices)``. Returns the predictions and this call's busy time."""
+        ``(local frame indices, window, keep)``. Returns the kept predictions and the busy time."""
         t0 = time.perf_counter()
         adapter = self._load()
+        install_patches(adapter, patches)  # free when already installed; a restarted actor reinstalls
         for cid, ref in cond_refs.items():
             if cid not in self.conds:
                 self.conds[cid] = adapter.cond_from_numpy(ray.get(ref[0]))
         x = torch.from_numpy(frames.copy())  # [C, n, h, w]
-        tt = torch.from_numpy(np.asarray(t))
-        out = [adapter.predict(x[:, idx], tt, self.conds[cid]).cpu().numpy() for cid, idx in items]
+        preds = predict_windows(adapter, self.conds, torch.from_numpy(np.asarray(t)),
+                                [(x[:, idx], w) for idx, w, _ in items])
+        out = [p.cpu().numpy() for p, (_, _, keep) in zip(preds, items) if keep]
         busy = time.perf_counter() - t0
         self.busy += busy
         return out, busy
@@ -153,6 +156,7 @@ class RayExecutor(Executor):
         ]
         ray.get([w.warm.remote() for w in self.workers])
         self.cond_refs: dict = {}
+        self.patches: dict | None = None
         self.metrics: list[dict] = []
         self.busy = [0.0] * workers
         self.restarts = 0
@@ -189,17 +193,28 @@ class RayExecutor(Executor):
         self.cond_refs = {k: [self.workers[0].encode.remote(p, n, guidance)] for k, (p, n) in prompts.items()}
         ray.wait([r[0] for r in self.cond_refs.values()], num_returns=len(self.cond_refs))
 
+    def install(self, patches: dict | None) -> None:
+        self.patches = patches  # sent with every call, so a restarted actor gets them too
+
     def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         t0 = time.perf_counter()
         lat = latent.numpy()
         shards = shard(windows, len(self.workers))
+        by_frames = {w.frames: w for w in windows if w.role == "anchor"}
         calls, moved = {}, 0
         for k, idxs in enumerate(shards):
             if not idxs:
                 continue
-            need = sorted({f for i in idxs for f in windows[i].frames})
+            wins = [windows[i] for i in idxs]
+            # ABAM: a follower whose anchor runs elsewhere gets the anchor recomputed here, first
+            # (keys/values are never shipped across the network per layer).
+            have = {w.frames for w in wins if w.role == "anchor"}
+            extra = [by_frames[a] for a in dict.fromkeys(w.anchor for w in wins if w.role == "follow")
+                     if a not in have]
+            todo = [(w, False) for w in extra] + [(w, True) for w in wins]
+            need = sorted({f for w, _ in todo for f in w.frames})
             pos = {f: j for j, f in enumerate(need)}
-            items = [(windows[i].cond, [pos[f] for f in windows[i].frames]) for i in idxs]
+            items = [([pos[f] for f in w.frames], w, keep) for w, keep in todo]
             frames = np.ascontiguousarray(lat[:, need])  # [C, n, h, w]: only what this worker reads
             moved += frames.nbytes
             calls[k] = (idxs, frames, items)
@@ -234,7 +249,7 @@ class RayExecutor(Executor):
 
     def _call(self, k: int, call: tuple, t: np.ndarray):
         _, frames, items = call
-        return self.workers[k].predict.remote(self.cond_refs, t, frames, items)
+        return self.workers[k].predict.remote(self.cond_refs, self.patches, t, frames, items)
 
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
         """Temporal chunks decoded on all workers at once, yielded in order.

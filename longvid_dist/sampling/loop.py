@@ -35,12 +35,13 @@ class LoopResult:
 def denoise(latent: torch.Tensor, scheduler, planner: Planner, executor: Executor,
             on_step: Callable[[StepStats, torch.Tensor, object], None] | None = None,
             start: int = 0) -> LoopResult:
-    """Run the timesteps of ``scheduler`` from index ``start`` on ``latent`` ``[C, F, h, w]``.
+    """Run the timesteps of ``scheduler`` from index ``start`` on ``latent`` ``[C, F, h, w]``:
+    plan -> predict -> merge/fuse -> step -> refine -> ``on_step`` (progress, checkpoints).
 
     Window predictions are merged into one prediction for the whole latent and the scheduler
     steps once per timestep (DESIGN decision 1), so multistep solvers keep their history.
-    ``on_step(stats, latent, scheduler)`` runs after each step (progress, checkpoints).
     """
+    executor.install(planner.patches())
     result = LoopResult(latent)
     for i, t in enumerate(scheduler.timesteps):
         if i < start:  # resumed: these steps are in the restored latent and scheduler
@@ -51,7 +52,8 @@ def denoise(latent: torch.Tensor, scheduler, planner: Planner, executor: Executo
         t1 = time.perf_counter()
         merged = plan.merge(preds)  # [C, F, h, w]
         t2 = time.perf_counter()
-        latent = scheduler.step(merged[None], t, latent[None], return_dict=False)[0][0]
+        stepped = scheduler.step(merged[None], t, latent[None], return_dict=False)[0][0]
+        latent = planner.refine(executor.space, stepped, latent, merged, scheduler, i)
         t3 = time.perf_counter()
         stats = StepStats(i, float(t), len(plan.windows), t1 - t0, t2 - t1, t3 - t2)
         result.steps.append(stats)

@@ -1,4 +1,5 @@
-"""The per-step planner: a recipe turned into each step's windows and merge."""
+"""The per-step planner: a recipe turned into initial noise, each step's windows and merge,
+the attention/RoPE patches the workers install, and the refinement after each step."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from ..methods.merge import fuse_paths, glc_gamma, wls_merge
 from ..methods.recipes import Recipe
-from ..methods.windows import Window, dilated_windows, direct_windows, shifted_windows, sliding_windows
+from ..methods.windows import (Window, dilated_windows, direct_windows, shifted_windows, sliding_windows,
+                               with_anchor)
 
 
 @dataclass
@@ -17,40 +19,114 @@ class StepPlan:
     """The windows of one step and how to merge their predictions."""
 
     windows: list[Window]
-    """Every model call of the step, in merge order."""
+    """Every model call of the step, in merge order (anchors before their followers)."""
     merge: Callable[[list[torch.Tensor]], torch.Tensor] = field(repr=False)
     """Predictions (aligned with ``windows``) -> merged ``[C, F, h, w]`` prediction."""
 
 
 class Planner:
-    """Per-step window plans of a recipe for a latent of ``num_frames`` frames."""
+    """Everything a recipe decides, for a latent of ``num_frames`` frames."""
 
     def __init__(self, recipe: Recipe, num_frames: int, native_window: int,
-                 rng: Callable[[str, int], torch.Generator]):
+                 rng: Callable[[str, int | None], torch.Generator]):
         self.recipe = recipe
         self.num_frames = num_frames
-        self.window = min(recipe.window or native_window, num_frames)
-        self.stride = recipe.stride or max(self.window // 2, 1)
+        self.native = native_window
+        plan = recipe.plan
+        self.window = min(plan.params.get("window") or native_window, num_frames)
+        self.stride = plan.params.get("stride") or max(self.window // 2, 1)
         self.rng = rng
         # A video no longer than one window degenerates to direct sampling.
-        self.kind = "direct" if num_frames <= self.window else recipe.plan
+        self.kind = "direct" if num_frames <= self.window else plan.kind
+        self.abam = recipe.attention.kind == "abam" and self.kind != "direct"
 
+    # -- initial noise ------------------------------------------------------------------
+    def init_noise(self, space, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
+        """The recipe's initial latent ``[C, F, h, w]``. ``iid`` draws from ``generator``
+        exactly as the stock pipeline does; other strategies use the keyed "noise" generator."""
+        n = self.recipe.noise
+        if n.kind == "iid":
+            return space.init_noise(generator, frames, height, width)
+        from ..methods.noise import make_noise
+
+        params = dict(n.params)
+        if "window" in params:
+            params["window"] = min(params["window"] or self.native, self.num_frames)
+            params["stride"] = params["stride"] or max(params["window"] // 4, 1)
+        if "filter" in params:
+            params["kind"] = params.pop("filter")
+        shape = space.latent_shape(frames, height, width)
+        return make_noise(n.kind, self.rng("noise", None), shape, **params)
+
+    # -- windows and merge --------------------------------------------------------------
     def plan(self, step: int, t: float) -> StepPlan:
-        F, L, S, r = self.num_frames, self.window, self.stride, self.recipe
+        F, L, S, p = self.num_frames, self.window, self.stride, self.recipe.plan.params
         if self.kind == "direct":
             wins = direct_windows(F)
-            return StepPlan(wins, lambda p: wls_merge(p, wins, F))
+            return StepPlan(wins, lambda preds: wls_merge(preds, wins, F))
         if self.kind == "sliding":
-            wins = sliding_windows(F, L, S, r.profile)
-            return StepPlan(wins, lambda p: wls_merge(p, wins, F))
+            wins = sliding_windows(F, L, S, p["profile"])
+            if self.abam:
+                wins = with_anchor(wins)
+            return StepPlan(wins, lambda preds: wls_merge(preds, wins, F))
         # glc: global dilated path + local path shifted by a seeded draw, fused by gamma(t)
-        shift = int(torch.randint(0, S, (1,), generator=self.rng("local_shift", step)).item())
-        glob = dilated_windows(F, L)
-        loc = shifted_windows(F, L, S, shift, r.profile)
-        gamma = glc_gamma(t, r.gamma0, r.beta)
+        paths = p["paths"]
+        glob = dilated_windows(F, L) if paths in ("both", "global") else []
+        loc = []
+        if paths in ("both", "local"):
+            shift = int(torch.randint(0, S, (1,), generator=self.rng("local_shift", step)).item())
+            loc = shifted_windows(F, L, S, shift, p["profile"])
+        if self.abam:
+            glob, loc = with_anchor(glob), with_anchor(loc)
         n = len(glob)
+        if not loc:
+            return StepPlan(glob, lambda preds: wls_merge(preds, glob, F))
+        if not glob:
+            return StepPlan(loc, lambda preds: wls_merge(preds, loc, F))
+        gamma = glc_gamma(t, p["gamma0"], p["beta"])
+        return StepPlan(glob + loc, lambda preds: fuse_paths(wls_merge(preds[:n], glob, F),
+                                                             wls_merge(preds[n:], loc, F), gamma))
 
-        def merge(p):
-            return fuse_paths(wls_merge(p[:n], glob, F), wls_merge(p[n:], loc, F), gamma)
+    # -- patches the workers install ----------------------------------------------------
+    def patches(self) -> dict:
+        """Plain-data description of the attention and RoPE patches (sent to every worker)."""
+        r = self.recipe
+        return {"attention": {"kind": r.attention.kind, **r.attention.params},
+                "rope": {"kind": r.rope.kind, **r.rope.params},
+                "train_len": self.native, "test_len": self.num_frames}
 
-        return StepPlan(glob + loc, merge)
+    # -- refinement -----------------------------------------------------------------------
+    def refine(self, space, latent_next: torch.Tensor, latent: torch.Tensor, merged: torch.Tensor,
+               scheduler, step: int) -> torch.Tensor:
+        """GLC's VMCR after the scheduler step (identity for other recipes)."""
+        if self.recipe.refine.kind != "vmcr":
+            return latent_next
+        from ..methods.refine import vmcr_step
+
+        x0 = space.predict_x0(latent, merged, scheduler, step)
+        return vmcr_step(latent_next, x0, **self.recipe.refine.params)
+
+
+def make_patches(cfg: dict | None):
+    """``(attention patch or None, temporal-RoPE map or None)`` from :meth:`Planner.patches`."""
+    if not cfg:
+        return None, None
+    from ..methods.attention import ABAM, SpectralBlend
+
+    a = dict(cfg["attention"])
+    kind = a.pop("kind")
+    if a.get("layers") is not None:
+        a["layers"] = tuple(a["layers"])
+    attention = {"none": None, "abam": ABAM, "freelong": SpectralBlend}[kind]
+    attention = attention(**a) if attention else None
+    rope = None
+    if cfg["rope"]["kind"] == "riflex":
+        from ..methods.rope import riflex
+
+        k, factor = cfg["rope"]["k"], cfg["rope"]["factor"]
+        train, test = cfg["train_len"], cfg["test_len"]
+
+        def rope(theta):
+            return riflex(theta, train, test, k=k, factor=factor)
+
+    return attention, rope

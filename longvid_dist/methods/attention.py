@@ -1,0 +1,151 @@
+"""Attention-level patches: what a self-attention layer computes inside one window forward.
+
+A patch never touches a model: the adapter computes the layer's query, key and value (after
+its norms and RoPE) and calls ``patch.attend(q, k, v, ctx)`` with ``[B, S, H, D]`` tensors,
+``S = frames * tokens_per_frame`` in frame-major order. ``ctx`` (:class:`AttnContext`) says
+which layer, which guidance branch and which window role this call is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttnContext:
+    """Where an attention call happens; filled by the adapter before each forward."""
+
+    layer: int = 0
+    """Transformer block index."""
+    branch: str = "cond"
+    """Guidance branch: ``cond`` or ``uncond``."""
+    grid: tuple[int, int, int] = (1, 1, 1)
+    """Token grid of the window ``(frames, height, width)``."""
+    role: str = "plain"
+    """``plain``, ``anchor`` (record keys/values for other windows) or ``follow`` (use them)."""
+    anchor_key: object = None
+    """Identity of the anchor window whose keys/values a ``follow`` call uses."""
+    store: dict = field(default_factory=dict)
+    """Per-worker cache shared by the calls of one step (ABAM's anchor keys/values)."""
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[1] * self.grid[2]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention on ``[B, S, H, D]`` tensors (the layout diffusers uses)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
+
+
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
+                     band: int) -> torch.Tensor:
+    """Attention where a query of frame i sees only keys of frames j with ``|i - j| <= band``.
+
+    Computed one query frame at a time against its key band, so no ``S x S`` mask is built;
+    exactly equal (up to float summation order) to dense attention with the band mask.
+    """
+    b, s, h, d = q.shape
+    frames = s // tokens_per_frame
+    out = torch.empty_like(q)
+    for i in range(frames):
+        lo, hi = max(0, i - band), min(frames, i + band + 1)
+        qs = slice(i * tokens_per_frame, (i + 1) * tokens_per_frame)
+        ks = slice(lo * tokens_per_frame, hi * tokens_per_frame)
+        out[:, qs] = sdpa(q[:, qs], k[:, ks], v[:, ks])
+    return out
+
+
+class AttentionPatch:
+    """Base class: plain attention. ``layers`` limits the patch to some blocks (None = all)."""
+
+    name = "none"
+    layers: tuple[int, ...] | None = None
+
+    def applies(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+        return sdpa(q, k, v)
+
+
+@dataclass
+class ABAM(AttentionPatch):
+    """GLC-Diffusion's anchor-based attention (paper 004, §3.2, Eq. 10).
+
+    The first window of a path is its anchor; in every other window of that path,
+    self-attention uses ``K = lam * K_orig + (1 - lam) * K_anchor`` and ``V`` likewise,
+    frame-aligned (token t of the window mixes with token t of the anchor). The paper's
+    appendix default is lam = 0.1. lam = 1 is exactly plain attention.
+    """
+
+    lam: float = 0.1
+    layers: tuple[int, ...] | None = None
+    name = "abam"
+
+    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+        if ctx.role == "anchor":
+            ctx.store[(ctx.anchor_key, ctx.layer, ctx.branch)] = (k, v)
+        elif ctx.role == "follow":
+            ka, va = ctx.store[(ctx.anchor_key, ctx.layer, ctx.branch)]
+            n = min(k.shape[1], ka.shape[1])  # a shorter window aligns with the anchor's first frames
+            k, v = k.clone(), v.clone()
+            k[:, :n] = self.lam * k[:, :n] + (1 - self.lam) * ka[:, :n]
+            v[:, :n] = self.lam * v[:, :n] + (1 - self.lam) * va[:, :n]
+        return sdpa(q, k, v)
+
+
+def gaussian_lowpass_3d(frames: int, height: int, width: int, d_s: float = 0.25, d_t: float = 0.25,
+                        device=None) -> torch.Tensor:
+    """FreeLong's / FreeInit's 3D Gaussian low-pass filter ``[F, h, w]`` on centred-free FFT
+    frequencies: ``H = exp(-1/(2 d_s^2) * ((f_t * d_s / d_t)^2 + f_h^2 + f_w^2))`` with each
+    frequency normalised to [-1, 1) (Nyquist = 1), so ``d_s``/``d_t`` are cut-offs as a
+    fraction of Nyquist (FreeInit's ``gaussian_low_pass_filter`` convention)."""
+    ft = 2 * torch.fft.fftfreq(frames, device=device).view(-1, 1, 1)
+    fh = 2 * torch.fft.fftfreq(height, device=device).view(1, -1, 1)
+    fw = 2 * torch.fft.fftfreq(width, device=device).view(1, 1, -1)
+    d2 = (ft * d_s / d_t) ** 2 + fh ** 2 + fw ** 2
+    return torch.exp(-d2 / (2 * d_s ** 2))
+
+
+@dataclass
+class SpectralBlend(AttentionPatch):
+    """FreeLong's SpectralBlend attention (Lu et al., NeurIPS 2024), for full 3D attention.
+
+    Global branch: attention over the whole window. Local branch: attention restricted to a
+    temporal band ``|i - j| <= band`` frames. Output: low frequencies of the global branch and
+    high frequencies of the local one, ``IFFT3D(FFT3D(g) * H + FFT3D(l) * (1 - H))`` over
+    (frames, height, width), H a Gaussian low-pass with cut-offs ``d_s``, ``d_t``.
+    ``lowpass`` may be forced to a constant (1 returns the global branch) for checks.
+    """
+
+    band: int = 8
+    d_s: float = 0.25
+    d_t: float = 0.25
+    layers: tuple[int, ...] | None = None
+    lowpass: float | None = None
+    name = "freelong"
+
+    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+        f, h, w = ctx.grid
+        g = sdpa(q, k, v)
+        if f <= self.band + 1:  # the band covers the window: both branches are the same
+            return g
+        loc = banded_attention(q, k, v, ctx.tokens_per_frame, self.band)
+        b, s, nh, d = g.shape
+        gg = g.float().reshape(b, f, h, w, nh * d)  # [B, S, H, D] -> [B, F, h, w, H*D]
+        ll = loc.float().reshape(b, f, h, w, nh * d)
+        if self.lowpass is None:
+            lp = gaussian_lowpass_3d(f, h, w, self.d_s, self.d_t, device=g.device).view(1, f, h, w, 1)
+        else:
+            lp = torch.full((1, f, h, w, 1), float(self.lowpass), device=g.device)
+        spec = torch.fft.fftn(gg, dim=(1, 2, 3)) * lp + torch.fft.fftn(ll, dim=(1, 2, 3)) * (1 - lp)
+        out = torch.fft.ifftn(spec, dim=(1, 2, 3)).real
+        return out.reshape(b, s, nh, d).to(g.dtype)  # [B, F, h, w, H*D] -> [B, S, H, D]
+
+
+PATCHES = {"abam": ABAM, "freelong": SpectralBlend}

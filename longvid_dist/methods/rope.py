@@ -1,0 +1,38 @@
+"""Temporal RoPE frequency changes (applied by an adapter to its temporal rotary table)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def rope_frequencies(dim: int, base: float = 10000.0) -> np.ndarray:
+    """The ``dim/2`` RoPE angular frequencies ``theta_j = base^(-2j/dim)``, j = 0..dim/2-1."""
+    return base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+
+
+def riflex_index(dim: int, train_len: int, base: float = 10000.0) -> int:
+    """RIFLEx's intrinsic frequency (Zhao et al. 2025, Eq. 7): the component whose period
+    ``N_j = round(2*pi / theta_j) = round(2*pi * base^(2(j-1)/dim))`` (1-indexed j) is closest
+    to the training length; returned 0-indexed."""
+    periods = np.round(2 * math.pi / rope_frequencies(dim, base))
+    return int(np.argmin(np.abs(periods - train_len)))
+
+
+def riflex(theta: np.ndarray, train_len: int, test_len: int, k: int | None = None,
+           base: float = 10000.0, factor: float = 0.9) -> np.ndarray:
+    """RIFLEx: reduce the intrinsic frequency so one period spans the test length.
+
+    ``theta_k = factor * 2*pi / L_test`` (factor 0.9 in the paper) when ``L_test`` exceeds
+    the component's period ``N_k``; every other frequency is unchanged. ``k`` defaults to
+    :func:`riflex_index`. Lengths are in latent frames.
+    """
+    dim = 2 * len(theta)
+    k = riflex_index(dim, train_len, base) if k is None else k
+    if not 0 <= k < len(theta):
+        raise ValueError(f"riflex k={k} must be in [0, {len(theta)}) for a {dim}-dim temporal RoPE")
+    out = np.array(theta, dtype=np.float64)
+    if test_len > round(2 * math.pi / theta[k]):
+        out[k] = factor * 2 * math.pi / test_len
+    return out
