@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longvid_dist.methods.merge import fuse_paths, glc_gamma, wls_merge
-from longvid_dist.methods.recipes import Recipe
+from longvid_dist.methods.recipes import get_recipe
 from longvid_dist.methods.windows import Window, dilated_windows, shifted_windows, sliding_windows
 
 C, H, W = 3, 2, 5
@@ -148,8 +148,8 @@ def test_glc_gamma_formula(t):
 def test_glc_gamma_defaults_and_monotonic():
     assert glc_gamma(0.0) == pytest.approx(0.005, rel=1e-12)  # gamma0 = 0.005
     assert math.log(glc_gamma(1000.0) / glc_gamma(0.0)) / 1000.0 == pytest.approx(0.0005, rel=1e-9)
-    recipe = Recipe("x", "x", plan="glc")
-    assert (recipe.gamma0, recipe.beta) == (0.005, 0.0005)
+    plan = get_recipe("glc").plan
+    assert (plan.gamma0, plan.beta) == (0.005, 0.0005)
     values = [glc_gamma(t) for t in TS]
     assert all(a < b for a, b in zip(values, values[1:]))
 
