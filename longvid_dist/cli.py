@@ -85,9 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_args(r)
     sub.add_parser("models", help="list model families and built-in models")
     sub.add_parser("recipes", help="list recipes and their parameters")
+    sub.add_parser("batch", help="render a JSONL file of prompts, resumable; see `longvid batch -h`",
+                   add_help=False)
+    sub.add_parser("probe", help="measure per-layer attention sensitivity and write a FreeLOC profile; "
+                                 "see `longvid probe -h`", add_help=False)
     sub.add_parser("eval", help="model-free temporal metrics of videos (flicker, motion, consistency); "
                                 "see `longvid eval -h`", add_help=False)
     return parser
+
+
+_OWN_PARSERS = {"eval": ".eval:main_eval", "batch": ".batch:main_batch", "probe": ".probe:main_probe"}
 
 
 def spec_from_args(args: argparse.Namespace) -> RenderSpec:
@@ -128,10 +135,11 @@ def _cmd_recipes() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "eval":  # its own parser (longvid_dist.eval)
-        from .eval import main_eval
+    if argv and argv[0] in _OWN_PARSERS:  # subcommands with their own parser
+        import importlib
 
-        return main_eval(argv[1:])
+        module, func = _OWN_PARSERS[argv[0]].split(":")
+        return getattr(importlib.import_module(module, __package__), func)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "models":
