@@ -30,6 +30,9 @@ class AttnContext:
     """Identity of the anchor window whose keys/values a ``follow`` call uses."""
     store: dict = field(default_factory=dict)
     """Per-worker cache shared by the calls of one step (ABAM's anchor keys/values)."""
+    rotate: object = None
+    """For patches with ``raw_qk``: ``rotate(x, frame_positions)`` applies the model's RoPE to
+    unrotated ``[B, S, H, D]`` queries/keys with the given temporal position per frame."""
 
     @property
     def tokens_per_frame(self) -> int:
@@ -61,13 +64,18 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_p
 
 
 class AttentionPatch:
-    """Base class: plain attention. ``layers`` limits the patch to some blocks (None = all)."""
+    """Base class: plain attention. ``layers`` limits the patch to some blocks (None = all).
+    A patch with ``raw_qk = True`` receives unrotated q/k and rotates them via ``ctx.rotate``."""
 
     name = "none"
     layers: tuple[int, ...] | None = None
+    raw_qk = False
 
     def applies(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
+
+    def wants_raw(self, layer: int) -> bool:
+        return self.raw_qk
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
         return sdpa(q, k, v)
@@ -148,4 +156,26 @@ class SpectralBlend(AttentionPatch):
         return out.reshape(b, s, nh, d).to(g.dtype)  # [B, F, h, w, H*D] -> [B, S, H, D]
 
 
-PATCHES = {"abam": ABAM, "freelong": SpectralBlend}
+class LayerDispatch(AttentionPatch):
+    """Several patches on disjoint layer sets (e.g. ABAM on some layers, FreeLOC on others).
+    Two patches claiming the same layer are refused: each would compute the attention."""
+
+    name = "composite"
+
+    def __init__(self, patches: list[AttentionPatch], num_layers: int):
+        self.patches = patches
+        self.by_layer: dict[int, AttentionPatch] = {}
+        for p in patches:
+            for layer in range(num_layers):
+                if p.applies(layer):
+                    if layer in self.by_layer:
+                        raise ValueError(f"conflicting attention patches on layer {layer}: "
+                                         f"{self.by_layer[layer].name} and {p.name}; give them disjoint 'layers'")
+                    self.by_layer[layer] = p
+        self.layers = tuple(sorted(self.by_layer))
+
+    def wants_raw(self, layer: int) -> bool:
+        return self.by_layer[layer].wants_raw(layer)
+
+    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+        return self.by_layer[ctx.layer].attend(q, k, v, ctx)

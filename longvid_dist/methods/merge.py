@@ -31,12 +31,16 @@ def wls_merge(preds: list[torch.Tensor], windows: list[Window], num_frames: int)
     for pred, win in zip(preds, windows):
         idx = torch.tensor(win.frames, device=pred.device)
         wt = torch.tensor(win.weights, dtype=torch.float32, device=pred.device)
-        num.index_add_(1, idx, pred.float() * wt.view(1, -1, 1, 1))  # [C, L, h, w] scattered on F
+        if set(win.weights) <= {0.0, 1.0}:  # uniform (+ padding): add the weight-1 frames as they are
+            keep = torch.nonzero(wt).flatten()
+            num.index_add_(1, idx[keep], pred.float().index_select(1, keep))
+        else:
+            num.index_add_(1, idx, pred.float() * wt.view(1, -1, 1, 1))  # [C, L, h, w] scattered on F
         den.index_add_(0, idx, wt)
     if bool((den <= 0).any()):
         missing = torch.nonzero(den <= 0).flatten().tolist()
         raise ValueError(f"latent frames {missing[:10]} are covered by no window")
-    return num / den.view(1, -1, 1, 1)
+    return num.div_(den.view(1, -1, 1, 1))
 
 
 def glc_gamma(t: float, gamma0: float = 0.005, beta: float = 0.0005) -> float:
@@ -47,5 +51,6 @@ def glc_gamma(t: float, gamma0: float = 0.005, beta: float = 0.0005) -> float:
 
 
 def fuse_paths(global_pred: torch.Tensor, local_pred: torch.Tensor, gamma: float) -> torch.Tensor:
-    """GLC path fusion (Eq. 9): ``gamma * T_global + (1 - gamma) * T_local``."""
-    return gamma * global_pred + (1.0 - gamma) * local_pred
+    """GLC path fusion (Eq. 9): ``gamma * T_global + (1 - gamma) * T_local``. Overwrites
+    both inputs (the merged path predictions, which nothing else holds) to avoid temporaries."""
+    return local_pred.mul_(1.0 - gamma).add_(global_pred.mul_(gamma))

@@ -41,9 +41,9 @@ class _PatchedSelfAttention:
         q, k, v = _get_qkv_projections(attn, hidden_states, None)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # [B, S, H*D] -> [B, S, H, D]
-        if rotary_emb is not None:
-            q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
         self.ctx.layer = self.layer
+        if not self.patch.wants_raw(self.layer):
+            q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
         out = self.patch.attend(q, k, v, self.ctx).flatten(2, 3).type_as(q)  # [B, S, H, D] -> [B, S, H*D]
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -108,6 +108,7 @@ class WanAdapter(ModelAdapter):
         self.space = WanLatentSpace(pipe.scheduler, pipe.transformer.config.in_channels,
                                     pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
         self.ctx = AttnContext()
+        self.ctx.rotate = self._rotate_at
         self.patch_key = None
         self._stock_processors = {i: b.attn1.processor for i, b in enumerate(self.transformer.blocks)}
         rope = self.transformer.rope
@@ -152,6 +153,21 @@ class WanAdapter(ModelAdapter):
     def begin_step(self) -> None:
         """Forget per-step attention state (ABAM anchors)."""
         self.ctx.store.clear()
+
+    def _rotate_at(self, x: torch.Tensor, frame_pos: torch.Tensor) -> torch.Tensor:
+        """Wan's 3D RoPE on unrotated ``[B, S, H, D]`` with temporal position ``frame_pos[f]``
+        for the tokens of frame f (height/width positions as usual)."""
+        rope = self.transformer.rope
+        f, h, w = self.ctx.grid
+        pos = frame_pos.long().clamp(0, rope.max_seq_len - 1)
+        parts = []
+        for table in (rope.freqs_cos, rope.freqs_sin):
+            t_, h_, w_ = table.split([rope.t_dim, rope.h_dim, rope.w_dim], dim=1)
+            grid = torch.cat([t_[pos].view(f, 1, 1, -1).expand(f, h, w, -1),
+                              h_[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                              w_[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1)
+            parts.append(grid.reshape(1, f * h * w, 1, -1).to(x.device))  # [F, h, w, D] -> [1, S, 1, D]
+        return _rotate(x, *parts)
 
     @classmethod
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "WanAdapter":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -48,13 +49,26 @@ def _window_cost(w: Window) -> float:
 
 
 def shard(windows: list[Window], workers: int) -> list[list[int]]:
-    """Longest-processing-time-first assignment of window indices to workers (deterministic)."""
+    """Longest-processing-time-first assignment of window indices to workers (deterministic).
+
+    An ABAM follower placed on a worker that does not hold its anchor costs the anchor's
+    recomputation too, so the greedy choice counts it (and a worker that already recomputes an
+    anchor takes that path's other followers for their own cost only).
+    """
     loads = [0.0] * workers
+    anchors: list[set] = [set() for _ in range(workers)]  # anchor frames present on each worker
     out: list[list[int]] = [[] for _ in range(workers)]
-    for i in sorted(range(len(windows)), key=lambda i: (-_window_cost(windows[i]), i)):
-        k = min(range(workers), key=lambda k: (loads[k], k))
+
+    def cost(w: Window, k: int) -> float:
+        extra = w.role == "follow" and w.anchor not in anchors[k]
+        return _window_cost(w) * (2 if extra else 1)  # a follower and its anchor have equal length
+
+    for i in sorted(range(len(windows)), key=lambda i: (windows[i].role != "anchor", -_window_cost(windows[i]), i)):
+        w = windows[i]
+        k = min(range(workers), key=lambda k: (loads[k] + cost(w, k), k))
+        loads[k] += cost(w, k)
+        anchors[k].add(w.frames if w.role == "anchor" else w.anchor)
         out[k].append(i)
-        loads[k] += _window_cost(windows[i])
     return [sorted(s) for s in out]
 
 
@@ -99,7 +113,7 @@ class _Worker:
         for cid, ref in cond_refs.items():
             if cid not in self.conds:
                 self.conds[cid] = adapter.cond_from_numpy(ray.get(ref[0]))
-        x = torch.from_numpy(frames.copy())  # [C, n, h, w]
+        x = _tensor(frames)  # [C, n, h, w]; each window's x[:, idx] below is a copy
         preds = predict_windows(adapter, self.conds, torch.from_numpy(np.asarray(t)),
                                 [(x[:, idx], w) for idx, w, _ in items])
         out = [p.cpu().numpy() for p, (_, _, keep) in zip(preds, items) if keep]
@@ -160,6 +174,7 @@ class RayExecutor(Executor):
         self.metrics: list[dict] = []
         self.busy = [0.0] * workers
         self.restarts = 0
+        self.max_restarts = max_restarts
         """Calls re-run because their worker died."""
 
     # -- cluster ------------------------------------------------------------------------
@@ -222,18 +237,22 @@ class RayExecutor(Executor):
         step_busy = [0.0] * len(self.workers)
         tt = t.cpu().numpy()  # keeps the scheduler's timestep dtype
         pending = {k: self._call(k, c, tt) for k, c in calls.items()}
+        retries: dict[int, int] = {}
         while pending:
             for k, ref in list(pending.items()):
                 try:
                     out, busy = ray.get(ref)
-                except RayActorError:  # the actor died: Ray restarts it; run its share again
+                except RayActorError as e:  # the actor died: Ray restarts it; run its share again
                     self.restarts += 1
+                    retries[k] = retries.get(k, 0) + 1
+                    if retries[k] > self.max_restarts:
+                        raise ClusterError(f"worker {k} died {retries[k]} times in one step; giving up: {e}") from None
                     pending[k] = self._call(k, calls[k], tt)
                     continue
                 self.busy[k] += busy
                 step_busy[k] += busy
                 for i, p in zip(calls[k][0], out):
-                    preds[i] = torch.from_numpy(p.copy())  # writable: the object store's is read-only
+                    preds[i] = _tensor(p)  # read only by the merge
                     moved += p.nbytes
                 del pending[k]
         wall = time.perf_counter() - t0
@@ -282,7 +301,7 @@ class RayExecutor(Executor):
                 return ray.get(ref)
             except RayActorError:
                 self.restarts += 1
-                if k == tries - 1:
+                if k >= min(tries, self.max_restarts + 1) - 1:
                     raise
                 ref = resubmit()
 
@@ -299,6 +318,14 @@ class RayExecutor(Executor):
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
             self.owns_ray = False
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor over a numpy array without copying, even when the object store made it
+    read-only (callers only read it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
