@@ -121,18 +121,28 @@ def test_cli_yaml_recipe_and_bad_recipe(tmp_path):
     assert not (tmp_path / "b.mp4").exists()
 
 
+COMPOSED = {"name": "glc-freeloc", "plan": {"kind": "glc"}, "noise": "glc_reinit",
+            "attention": [{"kind": "abam", "layers": [0]}, {"kind": "freeloc", "layers": [1], "W1": 3, "W2": 6}],
+            "refine": "vmcr"}
+
+
 @pytest.mark.ray
 def test_every_recipe_ray_equals_local(tmp_path, tiny_adapter, tiny_path):
     from longvid_dist.runtime.ray_executor import RayExecutor, ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ex = RayExecutor("wan", tiny_path, 2)  # one set of actors for all recipes: patches are per render
+    import yaml
+
+    composed = tmp_path / "glc-freeloc.yaml"  # FreeLOC inside GLC windows, next to ABAM
+    composed.write_text(yaml.safe_dump(COMPOSED))
     try:
-        for name in ALL:
-            spec = RenderSpec(prompt="a cat", frames=121, steps=2, recipe=name, out=str(tmp_path / f"l-{name}.mkv"))
+        for name in ALL + [str(composed)]:
+            tag = Path(name).stem
+            spec = RenderSpec(prompt="a cat", frames=121, steps=2, recipe=name, out=str(tmp_path / f"l-{tag}.mkv"))
             render(spec, executor=LocalExecutor(tiny_adapter), progress=False)
             rspec = RenderSpec(prompt="a cat", frames=121, steps=2, recipe=name, workers=2,
-                               out=str(tmp_path / f"r-{name}.mkv"))
+                               out=str(tmp_path / f"r-{tag}.mkv"))
             render(rspec, executor=ex, progress=False)
             assert np.array_equal(read_frames(spec.out), read_frames(rspec.out)), name
     finally:

@@ -4,7 +4,8 @@ A recipe has five sections, each a ``kind`` plus parameters:
 
 - ``plan``: which windows each step denoises and how they merge (direct, sliding, glc);
 - ``noise``: the initial noise (iid, freenoise, glc_reinit, antiphase);
-- ``attention``: a self-attention patch (none, abam, freelong);
+- ``attention``: a self-attention patch (none, abam, freelong, freespec, freeloc), or a list
+  of patches on disjoint ``layers``;
 - ``rope``: a temporal RoPE change (none, riflex);
 - ``refine``: a latent refinement after each step (none, vmcr).
 
@@ -55,6 +56,7 @@ _PROFILE = Param((str,), "uniform", f"one of {', '.join(PROFILES)}", lambda v: v
 _LAYERS = Param((list, type(None)), None, "null (all layers) or a list of layer indices",
                 lambda v: all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v))
 _CUTOFF = Param(_NUM, 0.25, "a number in (0, 1]", _num(0, 1, lo_open=True))
+_OPT_POS = Param(_INT_OR_NULL, None, "null (the length rule) or a positive integer", lambda v: v >= 1)
 
 SCHEMA: dict[str, dict[str, dict[str, Param]]] = {
     "plan": {
@@ -65,6 +67,9 @@ SCHEMA: dict[str, dict[str, dict[str, Param]]] = {
             "paths": Param((str,), "both", "both, global or local", lambda v: v in ("both", "global", "local")),
             "gamma0": Param(_NUM, 0.005, "a number in [0, 1]", _num(0, 1)),
             "beta": Param(_NUM, 0.0005, "a number >= 0", _num(0)),
+            "fusion": Param((str,), "gamma", "gamma (GLC Eq. 9) or freespec (spectral, at the coordinator)",
+                            lambda v: v in ("gamma", "freespec")),
+            "tau": Param(_NUM, 0.9, "a number in [0, 1] (FreeSpec energy fraction)", _num(0, 1)),
         },
     },
     "noise": {
@@ -87,6 +92,19 @@ SCHEMA: dict[str, dict[str, dict[str, Param]]] = {
         "abam": {"lam": Param(_NUM, 0.1, "a number in [0, 1]", _num(0, 1)), "layers": _LAYERS},
         "freelong": {"band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
                      "d_s": _CUTOFF, "d_t": _CUTOFF, "layers": _LAYERS},
+        "freespec": {"tau": Param(_NUM, 0.9, "a number in [0, 1]", _num(0, 1)),
+                     "k": Param(_INT_OR_NULL, None, "null (from tau) or a rank >= 0", lambda v: v >= 0),
+                     "band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+                     "method": Param((str,), "gram", "gram or randomized", lambda v: v in ("gram", "randomized")),
+                     "layers": _LAYERS},
+        "freeloc": {"profile": Param((str, type(None)), None, "null (the model's shipped profile) or a path to "
+                                     "a `longvid probe` JSON", lambda v: bool(v)),
+                    "W1": _OPT_POS, "W2": _OPT_POS, "G1": _OPT_POS, "G2": _OPT_POS, "clip": _OPT_POS,
+                    "D1": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+                    "D2": Param((int,), 24, "a positive integer (frames)", lambda v: v >= 1),
+                    "Ds": Param(_INT_OR_NULL, None, "null (the paper's stripe width) or an integer >= 0",
+                                lambda v: v >= 0),
+                    "layers": _LAYERS},
     },
     "rope": {
         "none": {},
@@ -148,8 +166,16 @@ class Recipe:
         out: dict = {"name": self.name, "description": self.description}
         for sec in SCHEMA:
             s = getattr(self, sec)
-            out[sec] = {"kind": s.kind, **s.params}
+            if s.kind == "composite":
+                out[sec] = [{"kind": p.kind, **_plain(p.params)} for p in s.params["patches"]]
+            else:
+                out[sec] = {"kind": s.kind, **_plain(s.params)}
         return out
+
+    def attention_patches(self) -> tuple[Section, ...]:
+        """The attention section as a tuple of patches (empty for none)."""
+        a = self.attention
+        return a.params["patches"] if a.kind == "composite" else (() if a.kind == "none" else (a,))
 
     def with_overrides(self, window: int | None = None, stride: int | None = None) -> "Recipe":
         """The recipe with the plan's window/stride replaced where given (CLI flags)."""
@@ -160,6 +186,10 @@ class Recipe:
                     raise RecipeError(f"recipe {self.name!r}: plan {d['plan']['kind']} has no {k}")
                 d["plan"][k] = v
         return recipe_from_dict(d)
+
+
+def _plain(params: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
 def _section(recipe: str, sec: str, value) -> Section:
@@ -190,6 +220,27 @@ def _section(recipe: str, sec: str, value) -> Section:
     return Section(kind, params)
 
 
+def _attention(recipe: str, value) -> Section:
+    """One patch, or a list of patches (``kind: composite``) that must use disjoint layers."""
+    if not isinstance(value, list):
+        return _section(recipe, "attention", value)
+    parts = tuple(_section(recipe, "attention", v) for v in value)
+    if any(p.kind == "none" for p in parts) or len(parts) < 2:
+        raise RecipeError(f"recipe {recipe!r}: attention: a list needs two or more patches (no 'none')")
+    seen: dict = {}
+    for p in parts:
+        layers = p.params.get("layers")
+        if layers is None:
+            raise RecipeError(f"recipe {recipe!r}: attention.{p.kind}.layers: patches in a list need explicit "
+                              f"disjoint layers")
+        for layer in layers:
+            if layer in seen:
+                raise RecipeError(f"recipe {recipe!r}: attention: conflicting patches on layer {layer}: "
+                                  f"{seen[layer]} and {p.kind}")
+            seen[layer] = p.kind
+    return Section("composite", {"patches": parts})
+
+
 def recipe_from_dict(d: dict, name: str | None = None) -> Recipe:
     """Validate a recipe mapping (as read from YAML); :class:`RecipeError` names the key."""
     name = name or d.get("name") or "recipe"
@@ -199,7 +250,8 @@ def recipe_from_dict(d: dict, name: str | None = None) -> Recipe:
     if unknown:
         raise RecipeError(f"recipe {name!r}: {sorted(unknown)[0]}: unknown key; allowed: name, description, "
                           f"{', '.join(SCHEMA)}")
-    secs = {sec: _section(name, sec, d.get(sec)) for sec in SCHEMA}
+    secs = {sec: (_attention if sec == "attention" else lambda n, v, sec=sec: _section(n, sec, v))(name, d.get(sec))
+            for sec in SCHEMA}
     r = Recipe(name, str(d.get("description", "")), **secs)
     _check_conflicts(r)
     return r
@@ -207,12 +259,16 @@ def recipe_from_dict(d: dict, name: str | None = None) -> Recipe:
 
 def _check_conflicts(r: Recipe) -> None:
     plan = r.plan
-    if r.attention.kind == "abam" and plan.kind == "direct":
+    kinds = {p.kind for p in r.attention_patches()}
+    if "abam" in kinds and plan.kind == "direct":
         raise RecipeError(f"recipe {r.name!r}: attention abam needs several windows (plan sliding or glc), "
                           f"plan is direct")
     if r.rope.kind == "riflex" and plan.kind != "direct":
         raise RecipeError(f"recipe {r.name!r}: rope riflex extrapolates one window over the whole video and "
                           f"needs plan direct, plan is {plan.kind}")
+    if plan.params.get("fusion") == "freespec" and plan.params.get("paths") != "both":
+        raise RecipeError(f"recipe {r.name!r}: plan.fusion: freespec fuses the global and local paths and "
+                          f"needs paths: both")
     w, s = plan.params.get("window"), plan.params.get("stride")
     if w and s and s > w:
         raise RecipeError(f"recipe {r.name!r}: plan.stride: {s} exceeds plan.window {w}")
@@ -237,7 +293,8 @@ def load_recipe(path: str | Path) -> Recipe:
 def builtin_names() -> list[str]:
     """Names of the recipes shipped with the package, in listing order."""
     order = ["direct", "sliding", "freenoise", "freelong", "riflex", "glc",
-             "glc-no-global", "glc-no-local", "glc-no-reinit", "glc-no-vmcr"]
+             "glc-no-global", "glc-no-local", "glc-no-reinit", "glc-no-vmcr", "freespec", "freespec-attn",
+             "freeloc"]
     found = {p.stem for p in RECIPE_DIR.glob("*.yaml")}
     return [n for n in order if n in found] + sorted(found - set(order))
 

@@ -99,6 +99,13 @@ class ModelAdapter(ABC):
     def install(self, attention=None, temporal_rope=None, key=None) -> None:
         """Install an attention patch and/or temporal RoPE map; ``None`` restores stock."""
 
+    num_layers: int
+    """Transformer blocks (attention layers a patch can select)."""
+
+    @abstractmethod
+    def model_info(self) -> dict:
+        """``num_layers``, ``dim``, ``family``: identifies the architecture for shipped data."""
+
     @abstractmethod
     def begin_step(self) -> None:
         """Forget per-step attention state."""

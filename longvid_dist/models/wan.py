@@ -142,6 +142,17 @@ class WanAdapter(ModelAdapter):
         self.ctx.store.clear()
         self.patch_key = key
 
+    @property
+    def num_layers(self) -> int:
+        """Transformer blocks (attention layers a patch can select)."""
+        return len(self.transformer.blocks)
+
+    def model_info(self) -> dict:
+        """What identifies the architecture for shipped per-model data (FreeLOC profiles)."""
+        cfg = self.transformer.config
+        return {"num_layers": self.num_layers, "dim": cfg.num_attention_heads * cfg.attention_head_dim,
+                "family": self.family.name}
+
     rope_base = 10000.0
     """Wan's RoPE base (``WanRotaryPosEmbed`` theta)."""
 

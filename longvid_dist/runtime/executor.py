@@ -81,7 +81,7 @@ def install_patches(adapter: ModelAdapter, patches: dict | None) -> None:
     """Install patches on a replica (a no-op when the same ones are already installed)."""
     from ..sampling.planner import make_patches
 
-    attention, rope = make_patches(patches)
+    attention, rope = make_patches(patches, adapter.num_layers, adapter.model_info())
     key = repr(sorted(patches.items())) if patches else None
     adapter.install(attention, rope, key=key)
 
