@@ -130,6 +130,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         top_right_subspace(m, k=2, method="svd")
     with pytest.raises(ValueError):
+        top_right_subspace(m, tau=1.2, method="randomized")
+    with pytest.raises(ValueError):
         freespec_fuse(m, torch.randn(10, 5))
 
 

@@ -156,6 +156,8 @@ def _subspace(m: torch.Tensor, tau=None, k=None, method: str = "gram", seed: int
         raise ValueError(f"expected a matrix, got shape {tuple(m.shape)}")
     if k is None and tau is None:
         raise ValueError("give tau or k")
+    if k is None and not 0.0 <= float(tau) <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {tau}")
     m = m.to(_compute_dtype(m))
     if method == "gram":
         v, s = _subspace_gram(m, tau, k)
@@ -191,9 +193,10 @@ def top_right_subspace(m: torch.Tensor, tau: float | None = None, k: int | None 
 def top_left_subspace(m: torch.Tensor, tau: float | None = None, k: int | None = None,
                       method: str = "gram", seed: int = 0) -> torch.Tensor:
     """Orthonormal basis ``U_k [n, k]`` of the top-k left singular subspace of ``M [n, m]``
-    (FreeSpec at the coordinator, paper 000; METHODS.md §3): the right subspace of ``M^T``, so ``gram`` eigendecomposes the n x n Gram ``M M^T`` --
-    cheap when n is small (the coordinator case: n = F latent frames). See
-    :func:`top_right_subspace` for ``tau``, ``k``, ``method`` and ``seed``."""
+    (FreeSpec at the coordinator, paper 000; METHODS.md §3): the right subspace of ``M^T``,
+    so ``gram`` eigendecomposes the n x n Gram ``M M^T`` -- cheap when n is small (the
+    coordinator case: n = F latent frames). See :func:`top_right_subspace` for ``tau``, ``k``,
+    ``method`` and ``seed``."""
     return _subspace(m.mT, tau, k, method, seed)[0]
 
 
