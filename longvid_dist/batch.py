@@ -75,7 +75,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import queue
 import re
@@ -704,7 +703,7 @@ def _classify(rows: list[RowResult], manifest: Manifest) -> list[RowResult]:
 def _render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, prog: _Progress,
                 workers_per_video: int, address: str | None, max_in_flight: int | None) -> None:
     from .api import model_source
-    from .runtime.ray_executor import ClusterError, RayExecutor, _probe, ray
+    from .runtime.ray_executor import ClusterError, RayExecutor, connect, ray
 
     if ray is None:
         raise RuntimeError("ray is not installed")
@@ -714,17 +713,8 @@ def _render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, 
     t0 = time.perf_counter()
     stop = threading.Event()
     try:
-        if not ray.is_initialized():
-            if address:
-                _probe(address)
-                try:
-                    ray.init(address=address, log_to_driver=False)
-                except Exception as e:  # ConnectionError, TimeoutError, ValueError...
-                    raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e}") from None
-            else:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                         **({} if prog.enabled else {"logging_level": logging.WARNING}))
-            owns_ray = True  # ours to shut down (for a joined cluster: disconnect; it keeps running)
+        # ours to shut down when we connected (for a joined cluster: disconnect; it keeps running)
+        owns_ray = connect(address, quiet=not prog.enabled) is not None
         spec0 = todo[0].spec
         capacity, what = _capacity(ray, workers_per_video, spec0.device)
         m = min(capacity, max_in_flight or capacity, len(todo))

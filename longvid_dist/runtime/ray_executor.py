@@ -11,6 +11,7 @@ object store once per render and passed by reference. A dead actor is restarted 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -179,20 +180,7 @@ class RayExecutor(Executor):
 
     # -- cluster ------------------------------------------------------------------------
     def _connect(self, address: str | None) -> None:
-        address = address or os.environ.get("RAY_ADDRESS")
-        if ray.is_initialized():
-            return
-        if address:
-            _probe(address)
-            try:
-                ray.init(address=address, log_to_driver=False)
-            except Exception as e:  # ConnectionError, TimeoutError, ValueError...
-                raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e}") from None
-        else:
-            # A private local instance (auth mode: see the top of this module), no dashboard.
-            ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
-                     log_to_driver=False, num_cpus=os.cpu_count())
-            self.owns_ray = True
+        self.owns_ray = connect(address) == "local"
 
     def _check_capacity(self, workers: int, bundle: dict) -> None:
         total = ray.cluster_resources()
@@ -318,6 +306,25 @@ class RayExecutor(Executor):
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
             self.owns_ray = False
+
+
+def connect(address: str | None, quiet: bool = False) -> str | None:
+    """Connect this process to Ray: join ``address`` (or ``RAY_ADDRESS``), else start a private
+    local instance (no dashboard; auth mode: see the top of this module). Returns ``"joined"``,
+    ``"local"``, or None when Ray was already initialized. Unreachable clusters fail fast."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return None
+    if address:
+        _probe(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # ConnectionError, TimeoutError, ValueError...
+            raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e}") from None
+        return "joined"
+    ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+             num_cpus=os.cpu_count(), **({"logging_level": logging.WARNING} if quiet else {}))
+    return "local"
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
