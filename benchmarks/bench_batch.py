@@ -113,18 +113,24 @@ def _ceiling(rounds: int = 3, n: int = 400) -> float:
 
 
 class _CpuSampler:
-    """Whole-machine busy CPU (cores) over a time span, sampled from /proc/stat (Linux)."""
+    """Busy CPU (in cores) over a time span: of this process tree (driver, its threads, ffmpeg, the
+    Ray processes it started and their workers; via psutil, every ``every`` seconds, remembering
+    processes that exit) and of the whole machine (/proc/stat, other tenants included)."""
 
     def __init__(self, every: float = 0.25):
         import threading
 
-        self.samples: list[tuple[float, float, float]] = []  # (time, busy jiffies, total jiffies)
+        import psutil
+
+        self.psutil = psutil
+        self.me = psutil.Process()
+        self.samples: list[tuple[float, dict, tuple | None]] = []  # (time, {pid: cpu s}, (busy, total) jiffies)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, args=(every,), daemon=True)
         self.thread.start()
 
     @staticmethod
-    def _read():
+    def _machine():
         try:
             with open("/proc/stat") as f:
                 v = [int(x) for x in f.readline().split()[1:]]
@@ -132,20 +138,37 @@ class _CpuSampler:
             return None
         return sum(v) - v[3] - v[4], sum(v)
 
+    def _tree(self) -> dict:
+        out = {}
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                out[(p.pid, p.create_time())] = t.user + t.system
+            except (self.psutil.Error, OSError):
+                pass
+        return out
+
     def _loop(self, every: float) -> None:
         while not self.stop.is_set():
-            r = self._read()
-            if r:
-                self.samples.append((time.perf_counter(), *r))
+            self.samples.append((time.perf_counter(), self._tree(), self._machine()))
             time.sleep(every)
 
-    def cores(self, t0: float, t1: float) -> float | None:
-        """Mean busy cores between ``t0`` and ``t1`` (perf_counter times)."""
+    def cores(self, t0: float, t1: float) -> tuple[float, float]:
+        """(this tree's, the whole machine's) mean busy cores between ``t0`` and ``t1``."""
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         if len(inside) < 2:
-            return None
-        (_, b0, n0), (_, b1, n1) = inside[0], inside[-1]
-        return (b1 - b0) / max(n1 - n0, 1) * (os.cpu_count() or 1)
+            return float("nan"), float("nan")
+        first: dict = {}
+        last: dict = {}
+        for _, tree, _ in inside:
+            for k, v in tree.items():
+                first.setdefault(k, v if k in inside[0][1] else 0.0)
+                last[k] = v
+        span = inside[-1][0] - inside[0][0]
+        own = sum(last[k] - first[k] for k in last) / span
+        (b0, n0), (b1, n1) = inside[0][2] or (0, 0), inside[-1][2] or (0, 1)
+        machine = (b1 - b0) / max(n1 - n0, 1) * (os.cpu_count() or 1)
+        return own, machine
 
 
 def _run(prompts: str, work: str, in_flight: int, defaults: dict, cpu: _CpuSampler) -> dict:
@@ -154,7 +177,7 @@ def _run(prompts: str, work: str, in_flight: int, defaults: dict, cpu: _CpuSampl
     out = tempfile.mkdtemp(prefix=f"m{in_flight}-", dir=work)
     res = run_batch(prompts, out, defaults, workers_per_video=1, max_in_flight=in_flight, progress=False)
     t_end = time.perf_counter()
-    busy = cpu.cores(t_end - res.render_time, t_end)
+    own, machine = cpu.cores(t_end - res.render_time, t_end)
     if res.exit_code != 0 or res.executors != in_flight:
         raise RuntimeError(f"run with {in_flight} in flight: exit {res.exit_code}, {res.executors} executors, "
                            f"error {res.error}, failures {[(r.label, r.reason) for r in res.failures]}")
@@ -166,7 +189,7 @@ def _run(prompts: str, work: str, in_flight: int, defaults: dict, cpu: _CpuSampl
     n = res.rendered
     return {"n": n, "render": res.render_time, "startup": res.startup, "wall": res.elapsed,
             "vpm": 60 * n / res.render_time, "vpm_e2e": 60 * n / res.elapsed,
-            "per_video": statistics.mean(per_video), "cores": busy if busy is not None else float("nan")}
+            "per_video": statistics.mean(per_video), "own": own, "machine": machine}
 
 
 def main(argv=None) -> int:
@@ -209,8 +232,8 @@ def main(argv=None) -> int:
                 results[m].append(r)
                 print(f"  round {k + 1}, {m} in flight: {r['n']} videos, render {r['render']:.1f}s "
                       f"({r['vpm']:.1f} videos/min), executors {r['startup']:.1f}s, end to end {r['wall']:.1f}s "
-                      f"({r['vpm_e2e']:.1f} videos/min), {r['per_video']:.2f}s per video, machine CPU busy "
-                      f"{r['cores']:.2f} cores while rendering", flush=True)
+                      f"({r['vpm_e2e']:.1f} videos/min), {r['per_video']:.2f}s per video; CPU busy while rendering: "
+                      f"{r['own']:.2f} cores ours, {r['machine']:.2f} whole machine", flush=True)
         ceilings.append(_ceiling())
         print(f"  machine ceiling again: {ceilings[1]:.2f}x")
     finally:
@@ -232,11 +255,12 @@ def main(argv=None) -> int:
           f"{med[2]['per_video']:.2f}s with 2 in flight ({med[2]['per_video'] / med[1]['per_video']:.2f}x: "
           f"the 2 workers, the driver's 2 coordinator "
           f"threads, ffmpeg and Ray's own processes share the machine's {os.cpu_count()} CPUs)")
-    c1 = med[1]["cores"]
-    print(f"machine CPU busy while rendering (median, whole machine, other jobs included): {c1:.2f} cores with "
-          f"1 in flight, {med[2]['cores']:.2f} with 2: one video alone already keeps {c1:.2f} cores busy "
-          f"(worker + driver coordinator + ffmpeg + Ray), so on {os.cpu_count()} CPUs 2 in flight can give at most "
-          f"~{(os.cpu_count() or 1) / c1:.2f}x")
+    c1, c2 = med[1]["own"], med[2]["own"]
+    n = os.cpu_count() or 1
+    print(f"CPU used by this batch's processes while rendering (median): {c1:.2f} cores with 1 in flight, "
+          f"{c2:.2f} with 2 (whole machine: {med[1]['machine']:.2f} / {med[2]['machine']:.2f}, other jobs "
+          f"included). One video in flight already keeps {c1:.2f} cores busy (worker + driver coordinator + "
+          f"ffmpeg + Ray), so on {n} CPUs two in flight can give at most ~{min(2.0, n / c1):.2f}x")
     return 0
 
 

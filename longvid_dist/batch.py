@@ -584,27 +584,6 @@ class _Progress:
 
 # -- cluster ------------------------------------------------------------------------------------
 
-def _forget_conditions(worker) -> bool:
-    """Run on a worker actor (``__ray_call__``): drop its cached prompt embeddings."""
-    worker.conds.clear()
-    return True
-
-
-def _fresh(ex) -> None:
-    """Make a reused RayExecutor ready for the next video.
-
-    Its workers cache conditioning embeddings by conditioning id (``"main"``) and would keep the
-    previous video's prompt; and its per-step metrics and busy times accumulate across renders
-    (the sidecar would get the previous video's). Both are reset here.
-    """
-    from .runtime.ray_executor import ray
-
-    ray.get([w.__ray_call__.remote(_forget_conditions) for w in ex.workers])
-    ex.metrics = []
-    ex.busy = [0.0] * len(ex.workers)
-    ex.cond_refs = {}
-
-
 def _capacity(ray, workers_per_video: int, device: str) -> tuple[int, str]:
     """Videos the cluster can host at once with ``workers_per_video`` workers each, and the
     resource that limits it (GPU bundles are ``{GPU: 1, CPU: 1}``; CPU ones ``{CPU: 1}``).
@@ -814,14 +793,12 @@ def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: _Progress, stop: thr
                          "resume": r.spec.resume})
         try:
             try:
-                _fresh(ex)
                 res = render(r.spec, executor=ex, progress=False)
             except CheckpointError as e:  # a checkpoint of other settings (the row was edited)
                 prog.log(f"{r.id!r}: {e}; rendering from the start")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(checkpoint_path(r.out))
                 r.spec = replace(r.spec, resume=False)
-                _fresh(ex)
                 res = render(r.spec, executor=ex, progress=False)
         except Exception as e:  # noqa: BLE001 - recorded; the batch goes on
             if stop.is_set():  # interrupted: stays "running", resumes next time

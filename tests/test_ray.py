@@ -111,6 +111,23 @@ def test_worker_killed_mid_render_gives_identical_output(tmp_path, tiny_adapter,
     assert np.array_equal(read_frames(spec.out), ref)
 
 
+def test_reused_executor_renders_each_prompt(tmp_path, tiny_adapter, tiny_path, ray_local):
+    """One executor, two renders with different prompts: the second is not the first again."""
+    ex = RayExecutor("wan", tiny_path, 2)
+    try:
+        outs = []
+        for i, prompt in enumerate(("a cat runs on the beach", "a red car at night")):
+            spec = _spec(tmp_path, f"reuse{i}.mkv", prompt=prompt, frames=41, steps=2, workers=2)
+            render(spec, executor=ex, progress=False)
+            outs.append(read_frames(spec.out))
+            assert len(ex.metrics) == 2  # per-render metrics, not accumulated
+    finally:
+        ex.close()
+    ref = _local(tmp_path, "ref1.mkv", tiny_adapter, prompt="a red car at night", frames=41, steps=2)
+    assert not np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], ref)
+
+
 def _cli(*args, **popen):
     return subprocess.Popen([sys.executable, "-m", "longvid_dist.cli", "render", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)

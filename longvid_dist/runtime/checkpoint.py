@@ -29,7 +29,10 @@ def checkpoint_path(out: str) -> str:
 def spec_key(spec) -> str:
     """Hash of the output-determining fields of a spec."""
     d = spec.to_dict()
-    blob = json.dumps({k: d[k] for k in OUTPUT_FIELDS}, sort_keys=True, default=str)
+    # numbers by value: guidance 5 (JSON) and 5.0 (CLI) are the same render
+    norm = {k: float(d[k]) if isinstance(d[k], (int, float)) and not isinstance(d[k], bool) else d[k]
+            for k in OUTPUT_FIELDS}
+    blob = json.dumps(norm, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -111,11 +111,14 @@ class _Worker:
         t0 = time.perf_counter()
         adapter = self._load()
         install_patches(adapter, patches)  # free when already installed; a restarted actor reinstalls
-        for cid, ref in cond_refs.items():
-            if cid not in self.conds:
-                self.conds[cid] = adapter.cond_from_numpy(ray.get(ref[0]))
+        for cid, ref in cond_refs.items():  # keyed by the object too: a reused actor gets new prompts
+            key = (cid, ref[0].hex())
+            if key not in self.conds:
+                self.conds = {k: c for k, c in self.conds.items() if k[0] != cid}
+                self.conds[key] = adapter.cond_from_numpy(ray.get(ref[0]))
+        conds = {cid: self.conds[(cid, ref[0].hex())] for cid, ref in cond_refs.items()}
         x = _tensor(frames)  # [C, n, h, w]; each window's x[:, idx] below is a copy
-        preds = predict_windows(adapter, self.conds, torch.from_numpy(np.asarray(t)),
+        preds = predict_windows(adapter, conds, torch.from_numpy(np.asarray(t)),
                                 [(x[:, idx], w) for idx, w, _ in items])
         out = [p.cpu().numpy() for p, (_, _, keep) in zip(preds, items) if keep]
         busy = time.perf_counter() - t0
@@ -192,6 +195,8 @@ class RayExecutor(Executor):
 
     # -- Executor -----------------------------------------------------------------------
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
+        # A new render: its metrics start afresh (the executor may be reused across videos).
+        self.metrics, self.busy, self.restarts = [], [0.0] * len(self.workers), 0
         # One worker encodes; its result is already in the object store, shared by reference.
         self.cond_refs = {k: [self.workers[0].encode.remote(p, n, guidance)] for k, (p, n) in prompts.items()}
         ray.wait([r[0] for r in self.cond_refs.values()], num_returns=len(self.cond_refs))
