@@ -17,14 +17,9 @@ from . import describe, settle_auth_mode, split_flags, wants_help, with_address
 
 def cluster_gpus(address: str) -> int:
     """Join the cluster at ``address`` and count its GPUs (the connection is kept for the render)."""
-    from longvid_dist.runtime.ray_executor import ClusterError, _probe, ray  # the library's one ray import
+    from longvid_dist.runtime.ray_executor import connect, ray  # the library's one ray import
 
-    if not ray.is_initialized():
-        _probe(address)  # fail in seconds, not minutes, on an unreachable cluster
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as e:  # ConnectionError, AuthenticationError...
-            raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e}") from None
+    connect(address)  # fails in seconds on an unreachable cluster; raises ClusterError
     return int(ray.cluster_resources().get("GPU", 0))
 
 

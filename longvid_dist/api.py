@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
-from .config import RenderSpec
+from .config import RenderSpec, resolve_dtype
 from .io.video import VideoWriter, sidecar_path, write_json_atomic
 from .methods.recipes import get_recipe
 
@@ -42,10 +42,7 @@ def _device_dtype(spec: RenderSpec, cuda_available: bool):
     device = spec.device
     if device == "auto":
         device = "cuda" if cuda_available else "cpu"
-    dtype = spec.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, dtype
+    return device, resolve_dtype(spec.dtype, device.startswith("cuda"))
 
 
 def model_source(spec: RenderSpec) -> str:

@@ -821,9 +821,8 @@ def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: _Progress, stop: thr
 # -- CLI ----------------------------------------------------------------------------------------
 
 def build_batch_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
+    from .cli import _Parser, add_spec_args
 
-    d = RenderSpec.__dataclass_fields__
     p = _Parser(prog=PROG, description="Render every prompt of a JSONL file into a directory, several videos at "
                                        "once on a Ray cluster; rerunning the same command resumes (finished "
                                        "videos are skipped, interrupted ones continue from their checkpoint).")
@@ -833,33 +832,8 @@ def build_batch_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, metavar="DIR",
                    help="output directory (created if missing): DIR/<id>.mp4, DIR/<id>.mp4.json and "
                         "DIR/manifest.jsonl; ids are sanitized into safe file names")
-    p.add_argument("--model", default=d["model"].default,
-                   help="tiny-wan (built-in random-weight demo model), a local diffusers pipeline folder, "
-                        "or a known hub id (default: %(default)s; see `longvid models`)")
-    p.add_argument("--negative-prompt", default=d["negative_prompt"].default,
-                   help="default negative prompt (default: empty)")
-    p.add_argument("--frames", type=int, default=d["frames"].default,
-                   help="default pixel frames, 4k+1 for Wan (default: %(default)s)")
-    p.add_argument("--height", type=int, default=None,
-                   help="default frame height, a multiple of 16 (default: the model's, 64 for tiny-wan)")
-    p.add_argument("--width", type=int, default=None,
-                   help="default frame width, a multiple of 16 (default: the model's, 64 for tiny-wan)")
-    p.add_argument("--fps", type=float, default=d["fps"].default, help="output frames per second (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d["steps"].default, help="default denoising steps (default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=d["guidance"].default,
-                   help="default classifier-free guidance scale, >= 0 (default: %(default)s)")
-    p.add_argument("--recipe", default=d["recipe"].default,
-                   help="default long-video recipe: a built-in name or a YAML file (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d["seed"].default, help="default random seed (default: %(default)s)")
-    p.add_argument("--decode-chunk", type=int, default=d["decode_chunk"].default,
-                   help="latent frames decoded at a time (default: %(default)s)")
-    p.add_argument("--device", default=d["device"].default,
-                   help="auto (GPU workers if the cluster has GPUs), cpu, cuda (default: %(default)s)")
-    p.add_argument("--dtype", default=d["dtype"].default,
-                   help="transformer dtype: auto, float32, bfloat16, float16 (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"].default,
-                   help="checkpoint each in-flight video every N steps so a killed batch resumes it, 0 = never "
-                        "(default: %(default)s)")
+    # The render flags, as defaults for every row (rows override them).
+    add_spec_args(p, DEFAULT_KEYS)
     p.add_argument("--workers-per-video", type=int, default=1, metavar="K",
                    help="Ray workers per video (one GPU each; one CPU each on a CPU-only cluster) "
                         "(default: %(default)s)")

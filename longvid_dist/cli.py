@@ -18,53 +18,69 @@ def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _add_render_args(p: argparse.ArgumentParser) -> None:
-    d = RenderSpec.__dataclass_fields__
-    p.add_argument("--prompt", required=True, help="text prompt (required, non-empty)")
-    p.add_argument("--negative-prompt", default=d["negative_prompt"].default,
-                   help="negative prompt for classifier-free guidance (default: empty)")
-    p.add_argument("--model", default=d["model"].default,
-                   help="tiny-wan (built-in random-weight demo model), a local diffusers pipeline folder, "
-                        "or a known hub id (default: %(default)s; see `longvid models`)")
-    p.add_argument("--frames", type=int, default=d["frames"].default,
-                   help="pixel frames to render, 4k+1 for Wan (default: %(default)s)")
-    p.add_argument("--height", type=int, default=None,
-                   help="frame height, a multiple of 16 (default: the model's, 64 for tiny-wan, 480 for Wan2.1)")
-    p.add_argument("--width", type=int, default=None,
-                   help="frame width, a multiple of 16 (default: the model's, 64 for tiny-wan, 832 for Wan2.1)")
-    p.add_argument("--fps", type=float, default=d["fps"].default, help="output frames per second (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d["steps"].default, help="denoising steps (default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=d["guidance"].default,
-                   help="classifier-free guidance scale, >= 0; <= 1 disables guidance (default: %(default)s)")
-    p.add_argument("--recipe", default=d["recipe"].default,
+_D = RenderSpec.__dataclass_fields__
+
+SPEC_FLAGS: dict[str, dict] = {
+    "negative_prompt": dict(default=_D["negative_prompt"].default,
+                            help="negative prompt for classifier-free guidance (default: empty)"),
+    "model": dict(default=_D["model"].default,
+                  help="tiny-wan (built-in random-weight demo model), a local diffusers pipeline folder, "
+                       "or a known hub id (default: %(default)s; see `longvid models`)"),
+    "frames": dict(type=int, default=_D["frames"].default,
+                   help="pixel frames to render, 4k+1 for Wan (default: %(default)s)"),
+    "height": dict(type=int, default=None,
+                   help="frame height, a multiple of 16 (default: the model's, 64 for tiny-wan, 480 for Wan2.1)"),
+    "width": dict(type=int, default=None,
+                  help="frame width, a multiple of 16 (default: the model's, 64 for tiny-wan, 832 for Wan2.1)"),
+    "fps": dict(type=float, default=_D["fps"].default, help="output frames per second (default: %(default)s)"),
+    "steps": dict(type=int, default=_D["steps"].default, help="denoising steps (default: %(default)s)"),
+    "guidance": dict(type=float, default=_D["guidance"].default,
+                     help="classifier-free guidance scale, >= 0; <= 1 disables guidance (default: %(default)s)"),
+    "recipe": dict(default=_D["recipe"].default,
                    help="long-video recipe: a built-in name or a YAML file (default: %(default)s; "
-                        "see `longvid recipes`)")
+                        "see `longvid recipes`)"),
+    "seed": dict(type=int, default=_D["seed"].default,
+                 help="random seed; the initial noise equals diffusers' with Generator().manual_seed(seed) "
+                      "(default: %(default)s)"),
+    "decode_chunk": dict(type=int, default=_D["decode_chunk"].default,
+                         help="latent frames decoded at a time; bounds pixel memory (default: %(default)s)"),
+    "device": dict(default=_D["device"].default,
+                   help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: %(default)s)"),
+    "dtype": dict(default=_D["dtype"].default,
+                  help="transformer dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 "
+                       "(default: %(default)s)"),
+    "checkpoint_every": dict(type=int, default=_D["checkpoint_every"].default,
+                             help="checkpoint latent and scheduler every N steps to <out>.ckpt, 0 = never "
+                                  "(default: %(default)s)"),
+}
+"""The RenderSpec flags shared by ``render`` and ``batch`` (where they are per-row defaults)."""
+
+
+def add_spec_args(p: argparse.ArgumentParser, names) -> None:
+    """Add the :data:`SPEC_FLAGS` named by ``names`` (spec field names) to a parser."""
+    for name in names:
+        p.add_argument("--" + name.replace("_", "-"), **SPEC_FLAGS[name])
+
+
+def _add_render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", required=True, help="text prompt (required, non-empty)")
+    add_spec_args(p, ("negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance", "recipe"))
     p.add_argument("--window", type=int, default=None,
                    help="window length in latent frames (default: the model's native clip, 21 for Wan)")
     p.add_argument("--stride", type=int, default=None,
                    help="window stride in latent frames (default: half the window)")
-    p.add_argument("--seed", type=int, default=d["seed"].default,
-                   help="random seed; the initial noise equals diffusers' with Generator().manual_seed(seed) "
-                        "(default: %(default)s)")
-    p.add_argument("--out", default=d["out"].default,
+    add_spec_args(p, ("seed",))
+    p.add_argument("--out", default=_D["out"].default,
                    help="output: .mp4 (H.264), .mkv (lossless FFV1) or a directory ending in / (PNG frames); "
                         "a sidecar <out>.json is written beside it (default: %(default)s)")
-    p.add_argument("--decode-chunk", type=int, default=d["decode_chunk"].default,
-                   help="latent frames decoded at a time; bounds pixel memory (default: %(default)s)")
-    p.add_argument("--device", default=d["device"].default,
-                   help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--dtype", default=d["dtype"].default,
-                   help="transformer dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 "
-                        "(default: %(default)s)")
+    add_spec_args(p, ("decode_chunk", "device", "dtype"))
     p.add_argument("--workers", type=int, default=None,
                    help="render on N Ray worker actors (one GPU each; CPUs on a CPU-only machine); "
                         "default: in this process")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (e.g. auto, or host:6379); default: $RAY_ADDRESS, else a private "
                         "local Ray instance started and stopped by this command")
-    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"].default,
-                   help="checkpoint latent and scheduler every N steps to <out>.ckpt, 0 = never "
-                        "(default: %(default)s)")
+    add_spec_args(p, ("checkpoint_every",))
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted render of the same settings from <out>.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")

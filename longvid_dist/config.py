@@ -17,6 +17,13 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def resolve_dtype(dtype: str, on_gpu: bool) -> str:
+    """``auto`` -> bfloat16 on a GPU, float32 on a CPU; other values as given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if on_gpu else "float32"
+
+
 class SpecError(ValueError):
     """A spec field has a value that is not allowed."""
 

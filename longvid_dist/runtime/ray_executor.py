@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..config import resolve_dtype
 from ..methods.windows import Window
 from .executor import Executor, install_patches, predict_windows, to_uint8
 
@@ -163,7 +164,7 @@ class RayExecutor(Executor):
                                f"available: {_fmt(ray.available_resources())}") from None
         dev = "cuda" if use_gpu else "cpu"
         self.device = dev
-        self.dtype = dtype if dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        self.dtype = resolve_dtype(dtype, use_gpu)
         actor = ray.remote(_Worker)
         self.workers = [
             actor.options(
