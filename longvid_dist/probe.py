@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .methods.attention import AttentionPatch, AttnContext, sdpa
+from .models.hooks import AttentionPatch, AttnContext, sdpa
 
 SHIFTS = (-40, -20, 20, 40)
 PUBLISHED_TSA_FRACTION = 17 / 30

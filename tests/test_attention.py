@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from longvid_dist.methods.attention import (ABAM, AttnContext, SpectralBlend, banded_attention,
+from longvid_dist.models.hooks import AttnContext
+from longvid_dist.methods.attention import (ABAM, SpectralBlend, banded_attention,
                                             gaussian_lowpass_3d, sdpa)
-from longvid_dist.methods.rope import riflex, riflex_index, rope_frequencies
+from longvid_dist.methods.rope import riflex, riflex_index
+from longvid_dist.models.hooks import rope_frequencies
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from longvid_dist.methods.attention import AttentionPatch, AttnContext, sdpa
+from longvid_dist.models.hooks import AttentionPatch, AttnContext, sdpa
 from longvid_dist.methods.freeloc import (BANDS, PUBLISHED_VRPR, VRPR, VRPRTSA, WAN21_13B_PROFILE, FreeLOC,
                                           VRPRParams, attention_with_lse, band_of, band_positions, lse_merge,
                                           relative_distance_map, tsa_attention, tsa_default_ds, tsa_density,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longvid_dist.methods.attention import AttnContext, banded_attention, sdpa
+from longvid_dist.methods.attention import banded_attention
+from longvid_dist.models.hooks import AttnContext, sdpa
 from longvid_dist.methods.spectral import (FreeSpecAttention, energy_rank, freespec_fuse,
                                            freespec_fuse_paths, subspace_distance, top_left_subspace,
                                            top_right_subspace)

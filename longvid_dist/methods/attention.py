@@ -1,48 +1,19 @@
 """Attention-level patches: what a self-attention layer computes inside one window forward.
 
-A patch never touches a model: the adapter computes the layer's query, key and value (after
-its norms and RoPE) and calls ``patch.attend(q, k, v, ctx)`` with ``[B, S, H, D]`` tensors,
-``S = frames * tokens_per_frame`` in frame-major order. ``ctx`` (:class:`AttnContext`) says
-which layer, which guidance branch and which window role this call is.
+Each patch implements the model-owned :class:`~longvid_dist.models.hooks.AttentionPatch`
+protocol: the adapter computes the layer's query, key and value (after its norms and RoPE) and
+calls ``patch.attend(q, k, v, ctx)`` with ``[B, S, H, D]`` tensors, ``S = frames *
+tokens_per_frame`` in frame-major order; ``ctx`` says which layer, guidance branch and window
+role this call is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-
-@dataclass
-class AttnContext:
-    """Where an attention call happens; filled by the adapter before each forward."""
-
-    layer: int = 0
-    """Transformer block index."""
-    branch: str = "cond"
-    """Guidance branch: ``cond`` or ``uncond``."""
-    grid: tuple[int, int, int] = (1, 1, 1)
-    """Token grid of the window ``(frames, height, width)``."""
-    role: str = "plain"
-    """``plain``, ``anchor`` (record keys/values for other windows) or ``follow`` (use them)."""
-    anchor_key: object = None
-    """Identity of the anchor window whose keys/values a ``follow`` call uses."""
-    store: dict = field(default_factory=dict)
-    """Per-worker cache shared by the calls of one step (ABAM's anchor keys/values)."""
-    rotate: object = None
-    """For patches with ``raw_qk``: ``rotate(x, frame_positions)`` applies the model's RoPE to
-    unrotated ``[B, S, H, D]`` queries/keys with the given temporal position per frame."""
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.grid[1] * self.grid[2]
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention on ``[B, S, H, D]`` tensors (the layout diffusers uses)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
+from ..models.hooks import AttentionPatch, AttnContext, sdpa
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
@@ -61,24 +32,6 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_p
         ks = slice(lo * tokens_per_frame, hi * tokens_per_frame)
         out[:, qs] = sdpa(q[:, qs], k[:, ks], v[:, ks])
     return out
-
-
-class AttentionPatch:
-    """Base class: plain attention. ``layers`` limits the patch to some blocks (None = all).
-    A patch with ``raw_qk = True`` receives unrotated q/k and rotates them via ``ctx.rotate``."""
-
-    name = "none"
-    layers: tuple[int, ...] | None = None
-    raw_qk = False
-
-    def applies(self, layer: int) -> bool:
-        return self.layers is None or layer in self.layers
-
-    def wants_raw(self, layer: int) -> bool:
-        return self.raw_qk
-
-    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
-        return sdpa(q, k, v)
 
 
 @dataclass

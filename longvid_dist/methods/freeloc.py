@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from .attention import AttentionPatch, AttnContext, sdpa
+from ..models.hooks import AttentionPatch, AttnContext, sdpa
 
 Rotate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``rotate(x [B, S, H, D], frame_positions LongTensor[F]) -> x rotated``."""

@@ -6,10 +6,7 @@ import math
 
 import numpy as np
 
-
-def rope_frequencies(dim: int, base: float = 10000.0) -> np.ndarray:
-    """The ``dim/2`` RoPE angular frequencies ``theta_j = base^(-2j/dim)``, j = 0..dim/2-1."""
-    return base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+from ..models.hooks import rope_frequencies
 
 
 def riflex_index(dim: int, train_len: int, base: float = 10000.0) -> int:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionPatch, AttnContext, banded_attention, sdpa
+from ..models.hooks import AttentionPatch, AttnContext, sdpa
+from .attention import banded_attention
 
 METHODS = ("gram", "randomized", "exact")
 """Ways to get a singular subspace: Gram-matrix eigh, randomized range finder, full SVD."""

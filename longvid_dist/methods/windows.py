@@ -33,6 +33,9 @@ class Window:
     """Attention role: ``plain``, ``anchor`` (others attend to its keys/values) or ``follow``."""
     anchor: tuple[int, ...] | None = None
     """For ``follow`` windows: the frames of the anchor window whose keys/values they use."""
+    timestep: np.ndarray | None = None
+    """Noise level: the scheduler timestep of every frame (0-d), or one per window frame
+    (``[len(frames)]``, diffusion forcing / causal rollout); set by the loop each step."""
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..methods.attention import AttentionPatch, AttnContext
 from .base import Cond, LatentSpace, ModelAdapter
+from .hooks import AttentionPatch, AttnContext, rope_frequencies
 from .registry import FAMILIES
 
 
@@ -128,8 +128,6 @@ class WanAdapter(ModelAdapter):
         rope = self.transformer.rope
         cos, sin = (t.clone() for t in self._stock_rope)
         if temporal_rope is not None:
-            from ..methods.rope import rope_frequencies
-
             theta = rope_frequencies(rope.t_dim, self.rope_base)
             new = np.asarray(temporal_rope(theta), dtype=np.float64)
             pos = torch.arange(rope.max_seq_len, dtype=torch.float64)
