@@ -1,12 +1,16 @@
-"""What to render: :class:`RenderSpec`, validated on construction.
+"""What to render (:class:`RenderSpec`) and where it runs (:class:`ParallelConfig`), validated
+on construction.
 
 Nothing here imports torch, diffusers or Ray, so a bad spec is refused in milliseconds,
 before any model is loaded and before any output file exists. Every error is a
-:class:`SpecError` naming the field (the CLI turns it into ``--flag``) and what is allowed.
+:class:`SpecError` naming the field (:func:`flag_name` turns it into ``--flag``) and what is
+allowed. The content of a video depends on the spec only, never on the parallel layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -15,6 +19,25 @@ from .models.registry import ResolvedModel, resolve_model
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+OUTPUT_FIELDS = ("prompt", "negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance",
+                 "recipe", "window", "stride", "seed", "dtype")
+"""Spec fields that determine the video; the others (output path, decode chunk, device...) and
+the parallel layout may differ between a killed render and its resumption."""
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a spec field: ``decode_chunk`` -> ``--decode-chunk``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def output_key(spec: dict) -> str:
+    """Hash of a spec's :data:`OUTPUT_FIELDS` (as a plain dict: a sidecar's or checkpoint's
+    ``spec``); numbers compare by value, so guidance 5 (JSON) and 5.0 (CLI) are one render."""
+    norm = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v  # noqa: E731
+    blob = json.dumps({k: norm(spec.get(k)) for k in OUTPUT_FIELDS}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def resolve_dtype(dtype: str, on_gpu: bool) -> str:
@@ -71,10 +94,6 @@ class RenderSpec:
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: str = "auto"
     """Transformer dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
-    workers: int | None = None
-    """Ray worker actors (one GPU each, or CPUs on a CPU cluster); ``None`` renders in this process."""
-    address: str | None = None
-    """Ray cluster to join (``RAY_ADDRESS`` is used too); none starts a private local instance."""
     checkpoint_every: int = 5
     """Checkpoint the coordinator state every this many steps (0 = never) to ``<out>.ckpt``."""
     resume: bool = False
@@ -128,10 +147,6 @@ class RenderSpec:
         window = min(self.window or recipe.plan.params.get("window") or fam.latent_frames(fam.native_frames), latent)
         if self.stride and latent > window and self.stride > window:
             raise SpecError("stride", f"{self.stride} must not exceed the window ({window} latent frames)")
-        if self.workers is not None:
-            _int(self, "workers", 1)
-        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
-            raise SpecError("address", f"must be a Ray address such as 'auto' or 'ray://host:10001', got {self.address!r}")
         _int(self, "checkpoint_every", 0)
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise SpecError("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
@@ -143,11 +158,6 @@ class RenderSpec:
             raise SpecError("out", str(e)) from None
 
     @property
-    def distributed(self) -> bool:
-        """Whether the render runs on Ray workers."""
-        return self.workers is not None or self.address is not None
-
-    @property
     def latent_frames(self) -> int:
         """Latent frames of the video."""
         return self.resolved.family.latent_frames(self.frames)
@@ -157,6 +167,50 @@ class RenderSpec:
         d = asdict(self)
         d.pop("resolved", None)
         return d
+
+    def output_key(self) -> str:
+        """Hash of the fields that determine the video (:func:`output_key`)."""
+        return output_key(self.to_dict())
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Where a render runs, apart from what it renders (the parallel layout, as vLLM's
+    ``ParallelConfig``). The same spec gives the same video under every layout."""
+
+    workers: int | None = None
+    """Ray worker actors, each owning one GPU (or CPUs on a CPU-only cluster); ``None`` renders
+    in this process (unless ``address`` is given: then one worker)."""
+    address: str | None = None
+    """Ray cluster to join (``auto``, ``host:port`` or ``ray://host:port``); ``None`` with
+    ``workers`` starts a private local Ray instance (``RAY_ADDRESS`` is honoured too)."""
+
+    def __post_init__(self):
+        if self.workers is not None:
+            _int(self, "workers", 1)
+        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
+            raise SpecError("address", f"must be a Ray address such as 'auto' or 'ray://host:10001', "
+                                       f"got {self.address!r}")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the render runs on Ray workers."""
+        return self.workers is not None or self.address is not None
+
+    @property
+    def num_workers(self) -> int:
+        """Worker actors of a distributed render (1 when only ``address`` is given)."""
+        return self.workers or 1
+
+    @property
+    def group_size(self) -> int:
+        """Workers that share one window's attention (a sequence-parallel group); 1 today."""
+        return 1
+
+    def groups(self) -> list[list[int]]:
+        """Worker ranks of each group: ``[[0], [1], ...]`` while every group has one worker."""
+        n, g = self.num_workers, self.group_size
+        return [list(range(i, i + g)) for i in range(0, n, g)]
 
 
 def _int(spec, name: str, minimum: int) -> None:

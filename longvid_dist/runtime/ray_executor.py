@@ -136,6 +136,41 @@ class _Worker:
         return np.concatenate([to_uint8(f) for f in frames])
 
 
+def worker_bundle(device: str, cpus_per_worker: int = 1) -> dict:
+    """Resources of one worker actor: ``{GPU: 1, CPU: 1}`` when it runs on a GPU (``device``
+    cuda, or auto on a cluster that has GPUs), else ``{CPU: cpus_per_worker}``. Needs Ray
+    connected."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = device.startswith("cuda") or (device == "auto" and gpus >= 1)
+    return {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_worker}
+
+
+def capacity(workers: int, device: str, flag: str = "--workers") -> tuple[int, str]:
+    """How many sets of ``workers`` workers the cluster hosts at once, and the resource that
+    limits it (``GPU`` or ``CPU``); :class:`ClusterError` naming ``flag`` when not even one fits.
+
+    Counted on the cluster's total resources, not the available ones: these lag behind just
+    after a previous render released its placement group."""
+    bundle = worker_bundle(device)
+    total = ray.cluster_resources()
+    fits = min(int(total.get(k, 0) // (v * workers)) for k, v in bundle.items())
+    if fits < 1:
+        raise ClusterError(f"{flag} {workers} needs {', '.join(f'{v * workers:g} {k}' for k, v in bundle.items())} "
+                           f"({_fmt(bundle)} per worker); the cluster has {_fmt(total)}")
+    return fits, "GPU" if "GPU" in bundle else "CPU"
+
+
+def cluster_gpus() -> int:
+    """GPUs of the connected cluster."""
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def shutdown() -> None:
+    """Disconnect this process from Ray (stopping the instance when this process started it)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 class RayExecutor(Executor):
     """Shards each step's windows over ``workers`` Ray actors."""
 
@@ -298,6 +333,14 @@ class RayExecutor(Executor):
                 if k >= min(tries, self.max_restarts + 1) - 1:
                     raise
                 ref = resubmit()
+
+    def healthy(self, timeout: float = 60.0) -> bool:
+        """Whether every worker answers within ``timeout`` seconds (after its restarts)."""
+        try:
+            ray.get([w.pid.remote() for w in self.workers], timeout=timeout)
+            return bool(self.workers)
+        except Exception:  # noqa: BLE001 - any failure means not usable
+            return False
 
     def worker_pids(self) -> list[int]:
         return ray.get([w.pid.remote() for w in self.workers])
