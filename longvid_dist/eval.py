@@ -70,7 +70,6 @@ __all__ = [
     "temporal_consistency",
     "check_video",
     "evaluate",
-    "evaluate_many",
     "format_table",
     "vbench_cache_dir",
     "vbench_status",
@@ -486,11 +485,6 @@ def evaluate(path: str, info: Optional[dict] = None) -> dict:
         acc.update(chunk)
     return {"path": path, "frames": acc.frames, "width": info["width"], "height": info["height"],
             "fps": info["fps"], **acc.result()}
-
-
-def evaluate_many(paths: Sequence[str]) -> list[dict]:
-    """:func:`evaluate` for each path, in order."""
-    return [evaluate(p) for p in paths]
 
 
 _COLUMNS = [  # (header, key, format)
