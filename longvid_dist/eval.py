@@ -47,14 +47,13 @@ import math
 import os
 import sys
 import tempfile
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io.video import PNG_PATTERN, write_json_atomic
+from .io.video import VideoInputError, check_video, iter_frames, write_json_atomic
 
 __all__ = [
     "CHUNK_FRAMES",
@@ -62,13 +61,11 @@ __all__ = [
     "METRIC_DEFINITIONS",
     "VBENCH_DIMENSIONS",
     "VBENCH_WEIGHTS",
-    "EvalInputError",
     "flicker",
     "optical_flow",
     "motion_magnitude",
     "frame_features",
     "temporal_consistency",
-    "check_video",
     "evaluate",
     "format_table",
     "vbench_cache_dir",
@@ -354,74 +351,6 @@ def temporal_consistency(frames: np.ndarray) -> dict:
 # ---------------------------------------------------------------------------------------------
 # whole videos
 
-class EvalInputError(ValueError):
-    """A path given to eval is not a readable video (message names what is wrong)."""
-
-
-def _reader_args(path: str) -> tuple[str, Optional[list[str]]]:
-    if os.path.isdir(path):
-        return os.path.join(path, PNG_PATTERN), ["-f", "image2", "-start_number", "0"]
-    return path, None
-
-
-def _ffmpeg_reason(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(err).__name__
-    for prefix in ("Error opening input files: ", "Error opening input file "):
-        if last.startswith(prefix):
-            last = last[len(prefix):]
-    return last
-
-
-def check_video(path: str) -> dict:
-    """Check that ``path`` is a decodable video or PNG-frame directory, cheaply.
-
-    Opens it with ffmpeg and decodes the first frame only. Returns ``{"width", "height",
-    "fps"}`` (``fps`` ``None`` for a PNG directory, which carries no frame rate). Raises
-    :class:`EvalInputError` with a short reason otherwise.
-    """
-    if not os.path.exists(path):
-        raise EvalInputError("no such file or directory")
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, PNG_PATTERN % 0)):
-            raise EvalInputError(f"directory has no {PNG_PATTERN % 0} (not a PNG-frame video directory)")
-    elif not os.access(path, os.R_OK):
-        raise EvalInputError("not readable (permission denied)")
-    src, params = _reader_args(path)
-    gen = imageio_ffmpeg.read_frames(src, pix_fmt="rgb24", input_params=params)
-    try:
-        try:
-            meta = next(gen)
-            next(gen)
-        except StopIteration:
-            raise EvalInputError("not a video (no decodable frames)") from None
-        except (OSError, RuntimeError) as e:
-            raise EvalInputError(f"not a readable video ({_ffmpeg_reason(e)})") from None
-    finally:
-        gen.close()
-    width, height = meta["size"]
-    fps = None if os.path.isdir(path) else float(meta.get("fps") or 0) or None
-    return {"width": int(width), "height": int(height), "fps": fps}
-
-
-def _iter_chunks(path: str, chunk: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
-    """Decode ``path`` with ffmpeg, yielding uint8 [<=chunk,H,W,3] arrays."""
-    src, params = _reader_args(path)
-    gen = imageio_ffmpeg.read_frames(src, pix_fmt="rgb24", input_params=params)
-    try:
-        width, height = next(gen)["size"]
-        buf: list[np.ndarray] = []
-        for b in gen:
-            buf.append(np.frombuffer(b, np.uint8).reshape(height, width, 3))
-            if len(buf) == chunk:
-                yield np.stack(buf)
-                buf = []
-        if buf:
-            yield np.stack(buf)
-    finally:
-        gen.close()
-
-
 class _Accumulator:
     """Streaming state: metrics over consecutive pairs, carried across chunks."""
 
@@ -474,14 +403,15 @@ def evaluate(path: str, info: Optional[dict] = None) -> dict:
     Returns ``{"path", "frames", "width", "height", "fps", "flicker_mad",
     "temporal_flickering", "motion", "consistency", "consistency_first"}``. ``frames`` is the
     number of frames decoded; ``fps`` comes from the container (``None`` for a PNG directory).
-    ``info`` is :func:`check_video`'s result when the caller already has it.
+    ``info`` is :func:`~longvid_dist.io.video.check_video`'s result when the caller already
+    has it; bad input raises :class:`~longvid_dist.io.video.VideoInputError`.
 
     (``probe_video`` is not used: it decodes the whole video once more just to count frames,
     which this pass does anyway.)
     """
     info = info or check_video(path)
     acc = _Accumulator()
-    for chunk in _iter_chunks(path):
+    for chunk in iter_frames(path, CHUNK_FRAMES):
         acc.update(chunk)
     return {"path": path, "frames": acc.frames, "width": info["width"], "height": info["height"],
             "fps": info["fps"], **acc.result()}
@@ -600,7 +530,7 @@ def run_vbench(paths: Sequence[str], dimensions: Sequence[str] = VBENCH_DIMENSIO
     import vbench  # noqa: F401  (optional dependency, checked above)
     from vbench import VBench
 
-    from .io.video import VideoWriter, read_frames
+    from .io.video import VideoWriter
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     full_info = os.path.join(os.path.dirname(vbench.__file__), "VBench_full_info.json")
@@ -609,11 +539,12 @@ def run_vbench(paths: Sequence[str], dimensions: Sequence[str] = VBENCH_DIMENSIO
         for i, path in enumerate(paths):
             src = path
             if not (os.path.isfile(path) and path.lower().endswith(".mp4")):
-                frames = read_frames(path)
-                frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+                info = check_video(path)
+                w2, h2 = info["width"] // 2 * 2, info["height"] // 2 * 2
                 src = os.path.join(tmp, f"video{i}.mp4")
-                with VideoWriter(src, frames.shape[2], frames.shape[1], check_video(path)["fps"] or 16.0) as w:
-                    w.write(frames)
+                with VideoWriter(src, w2, h2, info["fps"] or 16.0) as w:
+                    for chunk in iter_frames(path, CHUNK_FRAMES):
+                        w.write(chunk[:, :h2, :w2])
             out = os.path.join(tmp, f"out{i}")
             VBench(device, full_info, out).evaluate(videos_path=src, name=f"video{i}", dimension_list=list(dimensions),
                                                    local=True, mode="custom_input")
@@ -680,8 +611,8 @@ def main_eval(argv: list[str] | None = None) -> int:
     for path in args.videos:
         try:
             infos.append(check_video(path))
-        except EvalInputError as e:
-            print(f"{prog}: error: {path}: {e}", file=sys.stderr)
+        except VideoInputError as e:  # "<path>: <what is wrong>"
+            print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
 
     results = [evaluate(p, info) for p, info in zip(args.videos, infos)]
