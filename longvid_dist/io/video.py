@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from fractions import Fraction
