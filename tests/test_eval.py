@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from longvid_dist import eval as ev
+from longvid_dist.eval.cli import format_table, main_eval
+from longvid_dist.eval.flow import FLOW_MAX_SIDE, motion_magnitude, optical_flow
+from longvid_dist.eval.frames import _as_float_frames, _luma
+from longvid_dist.eval.metrics import CHUNK_FRAMES, evaluate, flicker, temporal_consistency
+from longvid_dist.eval.vbench import run_vbench, vbench_cache_dir, vbench_status
 from longvid_dist.io.video import VideoWriter, read_frames
 
 H = W = 64
@@ -62,7 +66,7 @@ def videos(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def results(videos) -> dict[str, dict]:
-    return {name: ev.evaluate(path) for name, path in videos.items()}
+    return {name: evaluate(path) for name, path in videos.items()}
 
 
 def test_static_video(results):
@@ -82,8 +86,8 @@ def test_translation_flow_within_15_percent(results):
 
 
 def test_flow_direction_and_magnitude():
-    g = ev._luma(ev._as_float_frames(translating(2)))
-    flow = ev.optical_flow(g[:1], g[1:])
+    g = _luma(_as_float_frames(translating(2)))
+    flow = optical_flow(g[:1], g[1:])
     dx, dy = (float(v) for v in flow[0, :, 8:-8, 8:-8].mean(dim=(1, 2)))
     assert dx == pytest.approx(SHIFT[1], rel=0.05) and dy == pytest.approx(SHIFT[0], rel=0.05)
 
@@ -91,8 +95,8 @@ def test_flow_direction_and_magnitude():
 def test_motion_on_large_frames_is_rescaled():
     """Frames wider than FLOW_MAX_SIDE are downsampled for flow; the magnitude is in original pixels."""
     frames = translating(5, 288, 512)
-    assert max(frames.shape[1:3]) > ev.FLOW_MAX_SIDE
-    m = ev.motion_magnitude(frames)
+    assert max(frames.shape[1:3]) > FLOW_MAX_SIDE
+    m = motion_magnitude(frames)
     assert abs(m - TRUE_SPEED) / TRUE_SPEED < 0.15, m
 
 
@@ -101,9 +105,9 @@ def test_motion_speed_121_frames_one_core():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ev.motion_magnitude(frames[:3])  # warm-up
+        motion_magnitude(frames[:3])  # warm-up
         t0 = time.process_time()
-        ev.motion_magnitude(frames)
+        motion_magnitude(frames)
         cpu = time.process_time() - t0
     finally:
         torch.set_num_threads(threads)
@@ -131,26 +135,26 @@ def test_abrupt_change_lowers_first_frame_consistency(results):
 def test_array_functions_match_streaming(videos, results):
     """evaluate() streams in CHUNK_FRAMES chunks; pairs across chunk borders must be counted."""
     frames = read_frames(videos["translate"])
-    assert frames.shape[0] > ev.CHUNK_FRAMES
+    assert frames.shape[0] > CHUNK_FRAMES
     r = results["translate"]
-    fl, tc = ev.flicker(frames), ev.temporal_consistency(frames)
+    fl, tc = flicker(frames), temporal_consistency(frames)
     assert r["flicker_mad"] == pytest.approx(fl["flicker_mad"], rel=1e-5)
-    assert r["motion"] == pytest.approx(ev.motion_magnitude(frames), rel=1e-4)
+    assert r["motion"] == pytest.approx(motion_magnitude(frames), rel=1e-4)
     assert r["consistency"] == pytest.approx(tc["consistency"], rel=1e-5)
     assert r["consistency_first"] == pytest.approx(tc["consistency_first"], rel=1e-5)
 
 
 def test_single_frame_and_png_dir(tmp_path):
     d = write(str(tmp_path / "pngs") + "/", translating(3))
-    r = ev.evaluate(d)
+    r = evaluate(d)
     assert r["fps"] is None and r["frames"] == 3
-    one = ev.evaluate(write(tmp_path / "one.mkv", texture()[None]))
+    one = evaluate(write(tmp_path / "one.mkv", texture()[None]))
     assert one["frames"] == 1 and one["motion"] is None and one["flicker_mad"] is None
-    assert "-" in ev.format_table([one])
+    assert "-" in format_table([one])
 
 
 def test_format_table_aligned(results):
-    table = ev.format_table([results["static"], results["translate"]])
+    table = format_table([results["static"], results["translate"]])
     lines = table.splitlines()
     assert len(lines) == 3 and lines[0].startswith("video")
     assert len({len(line) for line in lines}) == 1  # right-aligned numeric columns line up
@@ -158,7 +162,7 @@ def test_format_table_aligned(results):
 
 def test_main_eval_table_and_json(videos, tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    code = ev.main_eval([videos["static"], videos["translate"], "--json", str(out)])
+    code = main_eval([videos["static"], videos["translate"], "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 0
     assert videos["static"] in captured.out and videos["translate"] in captured.out
@@ -178,7 +182,7 @@ def test_vbench_unavailable_still_reports(videos, tmp_path, monkeypatch, capsys)
     # an empty cache dir: VBench is unavailable whether or not the package is installed
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "empty-vbench-cache"))
     out = tmp_path / "m.json"
-    code = ev.main_eval([videos["static"], "--vbench", "--json", str(out)])
+    code = main_eval([videos["static"], "--vbench", "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 0
     assert videos["static"] in captured.out  # the model-free table is printed
@@ -197,7 +201,7 @@ def test_vbench_unavailable_still_reports(videos, tmp_path, monkeypatch, capsys)
 def test_missing_path_exits_2_before_computing(videos, tmp_path, capsys):
     missing = str(tmp_path / "nope.mp4")
     out = tmp_path / "m.json"
-    code = ev.main_eval([videos["static"], missing, "--json", str(out)])
+    code = main_eval([videos["static"], missing, "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""  # nothing computed or printed
@@ -212,27 +216,34 @@ def test_not_a_video_exits_2(tmp_path, capsys):
     empty_dir = tmp_path / "frames"
     empty_dir.mkdir()
     for path in (str(bad), str(empty_dir)):
-        assert ev.main_eval([path]) == 2
+        assert main_eval([path]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"longvid eval: error: {path}: ")
 
 
 def test_parser_errors_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        ev.main_eval([])
+        main_eval([])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("longvid eval: error: ")
-    assert ev.main_eval([str(tmp_path), "--json", str(tmp_path / "no" / "x.json")]) == 2
+    assert main_eval([str(tmp_path), "--json", str(tmp_path / "no" / "x.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("longvid eval: error: --json: ")
 
 
 def test_vbench_status_reason_lists_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path))
-    ok, reason = ev.vbench_status()
+    ok, reason = vbench_status()
     assert ok is False and str(tmp_path) in reason
     assert "amt-s.pth" in reason and "musiq_spaq_ckpt" in reason and "ViT-B-32.pt" in reason
-    assert ev.vbench_cache_dir() == str(tmp_path)
+    assert vbench_cache_dir() == str(tmp_path)
     with pytest.raises(RuntimeError):
-        ev.run_vbench(["x.mp4"])
+        run_vbench(["x.mp4"])
+
+
+def test_longvid_eval_dispatches_to_the_eval_package(videos, capsys):
+    from longvid_dist.cli import main as longvid_main
+
+    assert longvid_main(["eval", videos["static"]]) == 0
+    assert videos["static"] in capsys.readouterr().out

@@ -11,8 +11,10 @@ import pytest
 
 from longvid_dist.io import (
     SUPPORTED_OUTPUTS,
+    VideoInputError,
     VideoWriter,
     check_output_path,
+    iter_frames,
     output_kind,
     probe_video,
     read_frames,
@@ -84,6 +86,24 @@ def test_png_directory_is_numbered_and_bit_exact(tmp_path, pre_create):
     assert os.listdir(tmp_path) == ["frames"]
     assert sorted(os.listdir(out_dir)) == [f"frame_{i:06d}.png" for i in range(12)]
     assert np.array_equal(read_frames(str(out_dir)), frames)
+
+
+@pytest.mark.parametrize("name", ["clip.mkv", "frames/"])
+def test_iter_frames_chunks_make_read_frames(tmp_path, name):
+    """The chunked reader read_frames is built on: fixed-size chunks (last one short), same frames."""
+    frames = make_frames(23)
+    out = f"{tmp_path}/{name}"
+    write_in_chunks(out, frames, [23])
+    chunks = list(iter_frames(out, 5))
+    assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
+    assert all(c.dtype == np.uint8 and c.shape[1:] == (H, W, 3) for c in chunks)
+    assert np.array_equal(np.concatenate(chunks), read_frames(out))
+    assert np.array_equal(np.concatenate(chunks), frames)
+    assert [len(c) for c in iter_frames(out, 100)] == [23]
+    missing = str(tmp_path / "nope.mkv")
+    with pytest.raises(VideoInputError, match="no such file") as err:
+        next(iter_frames(missing, 5))
+    assert str(err.value) == f"{missing}: no such file or directory"
 
 
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.mkv", "frames/"])

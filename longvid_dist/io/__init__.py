@@ -1,9 +1,12 @@
-"""Video input/output: streaming ffmpeg writer, probing and decoding helpers."""
+"""Video input/output: streaming ffmpeg writer, the chunked ffmpeg reader and probing."""
 
 from longvid_dist.io.video import (
     SUPPORTED_OUTPUTS,
+    VideoInputError,
     VideoWriter,
     check_output_path,
+    check_video,
+    iter_frames,
     output_kind,
     probe_video,
     read_frames,
@@ -13,8 +16,11 @@ from longvid_dist.io.video import (
 
 __all__ = [
     "SUPPORTED_OUTPUTS",
+    "VideoInputError",
     "VideoWriter",
     "check_output_path",
+    "check_video",
+    "iter_frames",
     "output_kind",
     "probe_video",
     "read_frames",

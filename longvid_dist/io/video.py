@@ -1,4 +1,4 @@
-"""Streaming video output through a real ffmpeg process.
+"""Video files through a real ffmpeg process: the streaming writer and the one reader.
 
 Frames are piped to ffmpeg's stdin as they are produced (raw ``rgb24``), so the
 pixel memory held in Python does not grow with the length of the video: a
@@ -8,6 +8,11 @@ Outputs are written under a temporary name in the destination directory and
 only renamed onto the requested name once ffmpeg has exited cleanly, so a
 crashed or interrupted render never leaves a truncated file behind.
 
+Reading goes through one decoder: :func:`iter_frames` reads a video file or PNG-frame directory
+in fixed-size chunks (so memory does not grow with the video's length); :func:`read_frames`,
+:func:`check_video` (first frame only) and :func:`probe_video`'s fallback are built on the
+same decoder, and every bad input raises one-line :class:`VideoInputError` naming the path.
+
 The ffmpeg binary is the system ``ffmpeg`` when it is on ``PATH``, otherwise the
 one shipped with ``imageio-ffmpeg``.
 """
@@ -15,15 +20,16 @@ one shipped with ``imageio-ffmpeg``.
 from __future__ import annotations
 
 import collections
+import contextlib
+import itertools
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from fractions import Fraction
 from types import TracebackType
-from typing import IO, Any, Deque, Optional, Type
+from typing import IO, Any, Deque, Iterator, Optional, Type
 
 import ffmpeg
 import imageio_ffmpeg
@@ -36,6 +42,9 @@ __all__ = [
     "sidecar_path",
     "write_json_atomic",
     "VideoWriter",
+    "VideoInputError",
+    "check_video",
+    "iter_frames",
     "probe_video",
     "read_frames",
 ]
@@ -47,6 +56,7 @@ SUPPORTED_OUTPUTS: str = (
 
 PNG_PATTERN = "frame_%06d.png"
 _STDERR_TAIL_BYTES = 8192
+_READ_CHUNK = 64  # frames per chunk when read_frames decodes a whole video
 
 
 def _ffmpeg_exe() -> str:
@@ -341,13 +351,97 @@ class VideoWriter:
                 pass
 
 
+class VideoInputError(ValueError):
+    """A path is not a readable video or PNG-frame directory; the message is one line,
+    ``'<path>: <what is wrong>'``."""
+
+
 def _input_args(path: str) -> tuple[str, list[str]]:
     """ffmpeg input (path, extra input params): a PNG directory becomes an image2 pattern."""
     if os.path.isdir(path):
         return os.path.join(path, PNG_PATTERN), ["-f", "image2", "-start_number", "0"]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such video: {path!r}")
     return path, []
+
+
+def _check_input(path: str) -> None:
+    """Raise VideoInputError unless ``path`` exists and is readable (a directory: holds frame 0)."""
+    if not os.path.exists(path):
+        raise VideoInputError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, PNG_PATTERN % 0)):
+            raise VideoInputError(f"{path}: directory has no {PNG_PATTERN % 0} (not a PNG-frame video directory)")
+    elif not os.access(path, os.R_OK):
+        raise VideoInputError(f"{path}: not readable (permission denied)")
+
+
+def _ffmpeg_reason(err: BaseException) -> str:
+    """The last line of an imageio-ffmpeg error: ffmpeg's own reason, without the 'Error opening' prefix."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    for prefix in ("Error opening input files: ", "Error opening input file "):
+        if last.startswith(prefix):
+            last = last[len(prefix):]
+    return last
+
+
+def _decode(path: str) -> Iterator[Any]:
+    """The one ffmpeg reader: yields ``{'width', 'height', 'fps'}``, then each frame as uint8 RGB [H, W, 3].
+
+    ``fps`` is the container's rate, 0.0 when it has none (image2 reports its default 25 for a
+    PNG directory). A missing, unreadable or undecodable path, or one with no frames, raises
+    :class:`VideoInputError` at the first ``next()``, before anything is yielded. Closing the
+    generator stops ffmpeg.
+    """
+    _check_input(path)
+    src, input_params = _input_args(path)
+    gen = imageio_ffmpeg.read_frames(src, pix_fmt="rgb24", input_params=input_params)
+    try:
+        try:
+            meta = next(gen)
+            first = next(gen)
+        except StopIteration:
+            raise VideoInputError(f"{path}: not a video (no decodable frames)") from None
+        except (OSError, RuntimeError) as e:
+            raise VideoInputError(f"{path}: not a readable video ({_ffmpeg_reason(e)})") from None
+        width, height = meta["size"]
+        yield {"width": int(width), "height": int(height), "fps": float(meta.get("fps") or 0)}
+        for b in itertools.chain((first,), gen):
+            yield np.frombuffer(b, np.uint8).reshape(height, width, 3)
+    finally:
+        gen.close()
+
+
+def check_video(path: str) -> dict:
+    """Check cheaply that ``path`` is a decodable video or PNG-frame directory.
+
+    Opens it with ffmpeg and decodes the first frame only. Returns ``{'width', 'height',
+    'fps'}``, ``fps`` ``None`` for a PNG directory (image2 carries no frame rate) or a container
+    without one. Raises :class:`VideoInputError` (``'<path>: <reason>'``) otherwise.
+    """
+    with contextlib.closing(_decode(path)) as dec:
+        info = next(dec)
+    return {**info, "fps": None if os.path.isdir(path) else info["fps"] or None}
+
+
+def iter_frames(path: str, chunk: int) -> Iterator[np.ndarray]:
+    """Decode a video file or PNG directory with ffmpeg, yielding uint8 RGB ``[n, H, W, 3]`` chunks.
+
+    Every chunk has ``chunk`` frames except possibly the last, so the frame memory held does not
+    grow with the video's length. Bad input raises :class:`VideoInputError` at the first
+    iteration.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
+    with contextlib.closing(_decode(path)) as dec:
+        next(dec)
+        buf: list[np.ndarray] = []
+        for frame in dec:
+            buf.append(frame)
+            if len(buf) == chunk:
+                yield np.stack(buf)
+                buf = []
+        if buf:
+            yield np.stack(buf)
 
 
 def _parse_rate(rate: str) -> float:
@@ -357,6 +451,7 @@ def _parse_rate(rate: str) -> float:
 
 def _probe_ffprobe(path: str, ffprobe: str) -> dict:
     """probe_video via ffprobe (frames counted by decoding, ``-count_frames``)."""
+    _check_input(path)
     src, input_params = _input_args(path)
     if input_params:
         info = ffmpeg.probe(src, cmd=ffprobe, f="image2", start_number=0,
@@ -374,16 +469,11 @@ def _probe_ffprobe(path: str, ffprobe: str) -> dict:
 
 
 def _probe_decode(path: str) -> dict:
-    """probe_video without ffprobe: decode with imageio-ffmpeg and count the frames."""
-    src, input_params = _input_args(path)
-    gen = imageio_ffmpeg.read_frames(src, input_params=input_params)
-    try:
-        meta = next(gen)
-        frames = sum(1 for _ in gen)
-    finally:
-        gen.close()
-    width, height = meta["size"]
-    return {"frames": frames, "width": int(width), "height": int(height), "fps": float(meta["fps"])}
+    """probe_video without ffprobe: decode the whole video and count the frames."""
+    with contextlib.closing(_decode(path)) as dec:
+        info = next(dec)
+        frames = sum(1 for _ in dec)
+    return {"frames": frames, **info}
 
 
 def probe_video(path: str) -> dict:
@@ -398,14 +488,5 @@ def probe_video(path: str) -> dict:
 
 
 def read_frames(path: str) -> np.ndarray:
-    """Decode a video file or PNG directory with ffmpeg to uint8 RGB ``[n, H, W, 3]``."""
-    src, input_params = _input_args(path)
-    gen = imageio_ffmpeg.read_frames(src, pix_fmt="rgb24", input_params=input_params)
-    try:
-        width, height = next(gen)["size"]
-        frames = [np.frombuffer(b, np.uint8).reshape(height, width, 3) for b in gen]
-    finally:
-        gen.close()
-    if not frames:
-        return np.zeros((0, height, width, 3), np.uint8)
-    return np.stack(frames)
+    """Decode a whole video file or PNG directory to uint8 RGB ``[n, H, W, 3]`` (see :func:`iter_frames`)."""
+    return np.concatenate(list(iter_frames(path, _READ_CHUNK)))
