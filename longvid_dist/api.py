@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
-from .config import RenderSpec, resolve_dtype
+from .config import ParallelConfig, RenderSpec, resolve_dtype
 from .io.video import VideoWriter, sidecar_path, write_json_atomic
 from .methods.recipes import get_recipe
 
@@ -105,9 +105,11 @@ class _Progress:
         self.bar.close()
 
 
-def make_executor(spec: RenderSpec):
-    """A ``LocalExecutor`` on a replica loaded here, or a ``RayExecutor`` when the spec asks."""
-    if not spec.distributed:
+def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):
+    """A ``LocalExecutor`` on a replica loaded here, or a ``RayExecutor`` when ``parallel``
+    asks for Ray workers."""
+    parallel = parallel or ParallelConfig()
+    if not parallel.distributed:
         import torch
 
         from .runtime.executor import LocalExecutor
@@ -115,22 +117,25 @@ def make_executor(spec: RenderSpec):
         return LocalExecutor(load_adapter(spec, *_device_dtype(spec, torch.cuda.is_available())))
     from .runtime.ray_executor import RayExecutor
 
-    return RayExecutor(spec.resolved.family.name, model_source(spec), spec.workers or 1,
-                       address=spec.address, device=spec.device, dtype=spec.dtype)
+    return RayExecutor(spec.resolved.family.name, model_source(spec), parallel, device=spec.device,
+                       dtype=spec.dtype)
 
 
-def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResult:
+def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=None,
+           progress: bool = True) -> RenderResult:
     """Render ``spec`` to ``spec.out`` (atomically) and write the sidecar JSON.
 
-    Runs in-process (``LocalExecutor``) unless ``spec.workers``/``spec.address`` ask for Ray.
-    An ``executor`` passed in is reused as is and left open (its workers keep their model).
-    The coordinator checkpoints every ``spec.checkpoint_every`` steps to ``<out>.ckpt``;
-    ``spec.resume`` continues from it and gives the same video as an uninterrupted render.
+    Runs in-process (``LocalExecutor``) unless ``parallel`` asks for Ray workers; the video is
+    the same either way. An ``executor`` passed in is reused as is and left open (its workers
+    keep their model). The coordinator checkpoints every ``spec.checkpoint_every`` steps to
+    ``<out>.ckpt``; ``spec.resume`` continues from it and gives the same video as an
+    uninterrupted render.
     """
     from .runtime import checkpoint
     from .sampling.loop import denoise
     from .sampling.planner import Planner
     from .sampling.rng import keyed_generator, noise_generator
+    from .sampling.state import SamplerState
 
     ckpt_path = checkpoint.checkpoint_path(spec.out)
     resumed = checkpoint.load(ckpt_path, spec) if spec.resume else None  # fails before any load
@@ -139,7 +144,7 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe).with_overrides(window=spec.window, stride=spec.stride)
     owned = executor is None  # a caller's executor stays open for its next render
-    executor = executor or make_executor(spec)
+    executor = executor or make_executor(spec, parallel)
     space = executor.space
     try:
         timings["load"] = time.perf_counter() - t_start
@@ -152,24 +157,25 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
         planner = Planner(recipe, spec.latent_frames, fam.latent_frames(fam.native_frames),
                           lambda purpose, step: keyed_generator(spec.seed, purpose, step))
         if resumed:
-            latent, scheduler, start = resumed["latent"], resumed["scheduler"], resumed["next_step"]
+            latent, start = resumed["latent"], resumed["next_step"]
+            state = SamplerState.from_state_dict(resumed["tensors"], resumed["state"])
         else:
-            scheduler = space.make_scheduler(spec.steps)
+            state = SamplerState.shared(space.make_scheduler(spec.steps))
             latent = planner.init_noise(space, noise_generator(spec.seed), spec.frames, spec.height, spec.width)
             start = 0
 
         bar = _Progress(spec.steps, start, "denoise", executor) if progress else None
 
-        def on_step(stats, lat, sched):
+        def on_step(stats, lat, st):
             if bar:
                 bar(stats)
             done = stats.step + 1
             if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
-                checkpoint.save(ckpt_path, spec, done, lat, sched)
+                checkpoint.save(ckpt_path, spec, done, lat, st.state_dict())
 
         t0 = time.perf_counter()
         try:
-            result = denoise(latent, scheduler, planner, executor, on_step=on_step, start=start)
+            result = denoise(latent, state, planner, executor, on_step=on_step, start=start)
         finally:
             if bar:
                 bar.close()
@@ -181,7 +187,7 @@ def render(spec: RenderSpec, executor=None, progress: bool = True) -> RenderResu
                 writer.write(chunk)
         timings["decode_encode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
-        metrics = getattr(executor, "report", lambda: {})()
+        metrics = executor.report()
     finally:
         if owned:
             executor.close()

@@ -10,13 +10,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .config import RenderSpec, SpecError
-
-
-
-def _flag(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
+from .config import ParallelConfig, RenderSpec, SpecError, flag_name
 
 _D = RenderSpec.__dataclass_fields__
 
@@ -59,7 +53,7 @@ SPEC_FLAGS: dict[str, dict] = {
 def add_spec_args(p: argparse.ArgumentParser, names) -> None:
     """Add the :data:`SPEC_FLAGS` named by ``names`` (spec field names) to a parser."""
     for name in names:
-        p.add_argument("--" + name.replace("_", "-"), **SPEC_FLAGS[name])
+        p.add_argument(flag_name(name), **SPEC_FLAGS[name])
 
 
 def _add_render_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +113,12 @@ def spec_from_args(args: argparse.Namespace) -> RenderSpec:
     return RenderSpec(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def parallel_from_args(args: argparse.Namespace) -> ParallelConfig:
+    """The parallel layout from parsed flags (raises SpecError on bad values)."""
+    names = {f.name for f in fields(ParallelConfig)}
+    return ParallelConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
 def _cmd_models() -> int:
     from .models.registry import FAMILIES, TINY
 
@@ -163,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "recipes":
         return _cmd_recipes()
     try:
-        spec = spec_from_args(args)
+        spec, parallel = spec_from_args(args), parallel_from_args(args)
     except SpecError as e:
-        print(f"longvid render: error: {_flag(e.field)}: {e.message}", file=sys.stderr)
+        print(f"longvid render: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2
     from .api import render
     from .runtime.checkpoint import CheckpointError
 
     try:
-        result = render(spec, progress=not args.quiet)
+        result = render(spec, parallel, progress=not args.quiet)
     except CheckpointError as e:
         print(f"longvid render: error: {e}", file=sys.stderr)
         return 2

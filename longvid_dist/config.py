@@ -133,6 +133,12 @@ class RenderSpec:
             recipe = get_recipe(self.recipe)
         except ValueError as e:
             raise SpecError("recipe", str(e)) from None
+        missing = fam.missing(getattr(recipe, "requires", frozenset)())
+        if missing:
+            from .models.registry import CAPABILITIES
+
+            raise SpecError("recipe", f"recipe {recipe.name!r} needs what {fam.name} models lack: "
+                                      + "; ".join(f"{m} ({CAPABILITIES[m]})" for m in missing))
         for name in ("window", "stride"):
             if getattr(self, name) is not None and name not in recipe.plan.params:
                 raise SpecError(name, f"recipe {recipe.name!r} uses plan {recipe.plan.kind}, which has no {name}")

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from longvid_dist import RenderSpec
+from longvid_dist.config import ParallelConfig
 from longvid_dist.api import render
 from longvid_dist.io.video import read_frames
 from longvid_dist.runtime import checkpoint
 from longvid_dist.runtime.executor import LocalExecutor
-from longvid_dist.runtime.ray_executor import ClusterError, RayExecutor, ray, shard
+from longvid_dist.runtime.ray_executor import ClusterError, RayExecutor, connect, shard, shutdown
 
 pytestmark = pytest.mark.ray
 
@@ -33,9 +34,9 @@ SPEC = dict(prompt="a cat runs on the beach", negative_prompt="blurry", frames=1
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance for the module; executors join it and leave it running."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert connect(None, quiet=True) == "local"
     yield
-    ray.shutdown()
+    shutdown()
 
 
 def _spec(tmp_path, name, **kw):
@@ -63,8 +64,8 @@ def test_shard_balances_and_covers():
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_render_equals_local(tmp_path, tiny_adapter, tiny_path, ray_local, workers):
     ref = _local(tmp_path, "local.mkv", tiny_adapter)
-    spec = _spec(tmp_path, f"ray{workers}.mkv", workers=workers)
-    render(spec, progress=False)
+    spec = _spec(tmp_path, f"ray{workers}.mkv")
+    render(spec, ParallelConfig(workers=workers), progress=False)
     out = read_frames(spec.out)
     assert out.shape == ref.shape == (121, 64, 64, 3)
     assert np.array_equal(out, ref)
@@ -79,7 +80,7 @@ def test_ray_render_equals_local(tmp_path, tiny_adapter, tiny_path, ray_local, w
 def test_distributed_decode_equals_local(tiny_adapter, tiny_path, ray_local):
     z = torch.randn(16, 80, 8, 8, generator=torch.Generator().manual_seed(5))
     ref = np.concatenate(list(LocalExecutor(tiny_adapter).decode(z, 4)))
-    ex = RayExecutor("wan", tiny_path, 2)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
     try:
         out = np.concatenate(list(ex.decode(z, 4)))
     finally:
@@ -90,7 +91,7 @@ def test_distributed_decode_equals_local(tiny_adapter, tiny_path, ray_local):
 def test_worker_killed_mid_render_gives_identical_output(tmp_path, tiny_adapter, tiny_path, ray_local):
     kw = dict(steps=16)
     ref = _local(tmp_path, "ref.mkv", tiny_adapter, **kw)
-    ex = RayExecutor("wan", tiny_path, 2)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
     victim = ex.worker_pids()[1]
     killed = threading.Event()
 
@@ -101,7 +102,7 @@ def test_worker_killed_mid_render_gives_identical_output(tmp_path, tiny_adapter,
         killed.set()
 
     threading.Thread(target=killer, daemon=True).start()
-    spec = _spec(tmp_path, "killed.mkv", workers=2, **kw)
+    spec = _spec(tmp_path, "killed.mkv", **kw)
     try:
         render(spec, executor=ex, progress=False)
     finally:
@@ -111,13 +112,94 @@ def test_worker_killed_mid_render_gives_identical_output(tmp_path, tiny_adapter,
     assert np.array_equal(read_frames(spec.out), ref)
 
 
+def _kill_first(title: str, killed: threading.Event, stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker of this test process whose title is ``ray::Worker.<title>``."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set() and not killed.is_set():
+        for p in me.children(recursive=True):
+            try:
+                if p.cmdline() and p.cmdline()[0].startswith(f"ray::Worker.{title}"):
+                    p.kill()
+                    killed.set()
+                    return
+            except psutil.Error:
+                continue
+        time.sleep(0.002)
+
+
+def _with_killer(title: str):
+    killed, stop = threading.Event(), threading.Event()
+    threading.Thread(target=_kill_first, args=(title, killed, stop), daemon=True).start()
+    return killed, stop
+
+
+def test_worker_killed_in_model_load_gives_identical_output(tmp_path, tiny_adapter, tiny_path, ray_local):
+    ref = _local(tmp_path, "ref.mkv", tiny_adapter)
+    killed, stop = _with_killer("warm")
+    try:
+        ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
+    finally:
+        stop.set()
+    try:
+        assert killed.is_set() and ex.restarts >= 1
+        spec = _spec(tmp_path, "load.mkv")
+        render(spec, executor=ex, progress=False)
+    finally:
+        ex.close()
+    assert np.array_equal(read_frames(spec.out), ref)
+
+
+def test_worker_killed_in_decode_gives_identical_output(tmp_path, tiny_adapter, tiny_path, ray_local):
+    ref = _local(tmp_path, "ref.mkv", tiny_adapter)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
+    killed, stop = _with_killer("decode")
+    spec = _spec(tmp_path, "decode.mkv")
+    try:
+        render(spec, executor=ex, progress=False)
+    finally:
+        stop.set()
+        ex.close()
+    assert killed.is_set() and ex.restarts >= 1
+    assert np.array_equal(read_frames(spec.out), ref)
+
+
+def test_worker_that_keeps_dying_is_one_clear_error(tmp_path, tiny_path, ray_local):
+    """Past the restart bound the render stops with a ClusterError naming worker and phase."""
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=1), max_restarts=1)
+    spec = _spec(tmp_path, "dies.mkv", frames=41, steps=2)
+    stop = threading.Event()
+
+    def keep_killing():
+        import psutil
+
+        while not stop.is_set():
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if p.cmdline() and p.cmdline()[0].startswith("ray::Worker"):
+                        p.kill()
+                except psutil.Error:
+                    pass
+            time.sleep(0.01)
+
+    threading.Thread(target=keep_killing, daemon=True).start()
+    try:
+        with pytest.raises(ClusterError, match=r"worker 0 died 2 times during (prompt encoding|predict)"):
+            render(spec, executor=ex, progress=False)
+    finally:
+        stop.set()
+        ex.close()
+    assert not os.path.exists(spec.out)
+
+
 def test_reused_executor_renders_each_prompt(tmp_path, tiny_adapter, tiny_path, ray_local):
     """One executor, two renders with different prompts: the second is not the first again."""
-    ex = RayExecutor("wan", tiny_path, 2)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
     try:
         outs = []
         for i, prompt in enumerate(("a cat runs on the beach", "a red car at night")):
-            spec = _spec(tmp_path, f"reuse{i}.mkv", prompt=prompt, frames=41, steps=2, workers=2)
+            spec = _spec(tmp_path, f"reuse{i}.mkv", prompt=prompt, frames=41, steps=2)
             render(spec, executor=ex, progress=False)
             outs.append(read_frames(spec.out))
             assert len(ex.metrics) == 2  # per-render metrics, not accumulated
@@ -149,7 +231,8 @@ def test_killed_render_resumes_to_identical_video(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not out.exists()
-    step = torch.load(ckpt, weights_only=False)["next_step"]
+    step = checkpoint.load(str(ckpt), _spec(tmp_path, "run.mkv", prompt="a red car", negative_prompt="",
+                                            frames=81, steps=40))["next_step"]
     assert 0 < step < 40
 
     bad = _cli(*common[:-1], "--seed", "7", "--out", str(out), "--resume")
@@ -169,7 +252,7 @@ def test_killed_render_resumes_to_identical_video(tmp_path):
 def test_too_many_workers_is_a_clear_error(tiny_path, ray_local):
     t0 = time.time()
     with pytest.raises(ClusterError, match=r"--workers 9 needs 9 CPU .* the cluster has 2 CPU"):
-        RayExecutor("wan", tiny_path, 9)
+        RayExecutor("wan", tiny_path, ParallelConfig(workers=9))
     assert time.time() - t0 < 30
 
 

@@ -128,10 +128,12 @@ COMPOSED = {"name": "glc-freeloc", "plan": {"kind": "glc"}, "noise": "glc_reinit
 
 @pytest.mark.ray
 def test_every_recipe_ray_equals_local(tmp_path, tiny_adapter, tiny_path):
-    from longvid_dist.runtime.ray_executor import RayExecutor, ray
+    from longvid_dist.runtime.ray_executor import RayExecutor, connect, shutdown
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ex = RayExecutor("wan", tiny_path, 2)  # one set of actors for all recipes: patches are per render
+    connect(None, quiet=True)
+    from longvid_dist.config import ParallelConfig
+
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))  # one set of actors for all recipes: patches are per render
     import yaml
 
     composed = tmp_path / "glc-freeloc.yaml"  # FreeLOC inside GLC windows, next to ABAM
@@ -141,11 +143,11 @@ def test_every_recipe_ray_equals_local(tmp_path, tiny_adapter, tiny_path):
             tag = Path(name).stem
             spec = RenderSpec(prompt="a cat", frames=121, steps=2, recipe=name, out=str(tmp_path / f"l-{tag}.mkv"))
             render(spec, executor=LocalExecutor(tiny_adapter), progress=False)
-            rspec = RenderSpec(prompt="a cat", frames=121, steps=2, recipe=name, workers=2,
+            rspec = RenderSpec(prompt="a cat", frames=121, steps=2, recipe=name,
                                out=str(tmp_path / f"r-{tag}.mkv"))
             render(rspec, executor=ex, progress=False)
             assert np.array_equal(read_frames(spec.out), read_frames(rspec.out)), name
     finally:
         tiny_adapter.install(None, None)
         ex.close()
-        ray.shutdown()
+        shutdown()

@@ -14,6 +14,7 @@ from longvid_dist import RenderSpec
 from longvid_dist.io.video import probe_video, read_frames
 from longvid_dist.methods.recipes import get_recipe
 from longvid_dist.runtime.executor import LocalExecutor
+from longvid_dist.sampling.state import SamplerState
 from longvid_dist.sampling.loop import denoise
 from longvid_dist.sampling.planner import Planner
 from longvid_dist.sampling.rng import keyed_generator, noise_generator
@@ -58,13 +59,13 @@ def to_uint8_reference(frames: np.ndarray) -> np.ndarray:
 def library_denoise(adapter, recipe: str, guidance: float, seed: int, frames: int = FRAMES,
                     steps: int = STEPS, window: int | None = None):
     """Render through the library's pieces exactly as ``api.render`` wires them."""
-    scheduler = adapter.make_scheduler(steps)
-    latent = adapter.init_noise(noise_generator(seed), frames, SIZE, SIZE)
+    state = SamplerState.shared(adapter.space.make_scheduler(steps))
+    latent = adapter.space.init_noise(noise_generator(seed), frames, SIZE, SIZE)
     planner = Planner(get_recipe(recipe).with_overrides(window=window), latent.shape[1], NATIVE,
                       lambda purpose, step: keyed_generator(seed, purpose, step))
     executor = LocalExecutor(adapter)
     executor.set_conditions({"main": (PROMPT, NEGATIVE)}, guidance)
-    return denoise(latent, scheduler, planner, executor), executor
+    return denoise(latent, state, planner, executor), executor
 
 
 @pytest.mark.parametrize("guidance", [5.0, 1.0], ids=["cfg", "no-cfg"])

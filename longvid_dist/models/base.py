@@ -81,19 +81,19 @@ class ModelAdapter(ABC):
     def cond_from_numpy(self, data: dict) -> Cond:
         """Inverse of :meth:`Cond.to_numpy`, onto this replica's device and dtype."""
 
-    @abstractmethod
-    def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
-        """Initial latent noise ``[C, F, h, w]`` drawn exactly as the stock pipeline draws it."""
-
-    @abstractmethod
-    def make_scheduler(self, steps: int):
-        """A fresh scheduler (the pipeline's own class and config) with timesteps set."""
+    space: LatentSpace
+    """This replica's coordinator view (noise, scheduler, geometry): the same code the
+    coordinator runs without weights."""
+    patch_key: object = None
+    """Name of the installed patches (``install``'s ``key``), None when stock."""
 
     @abstractmethod
     def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
                 anchor_key=None) -> torch.Tensor:
-        """Guided model prediction for a window ``[C, L, h, w]`` at timestep ``t`` (fp32 out).
-        ``role``/``anchor_key`` tell an installed attention patch the window's part (ABAM)."""
+        """Guided model prediction for a window ``[C, L, h, w]`` (fp32 out) at noise level ``t``:
+        a 0-d timestep for every frame, or ``[L]`` timesteps, one per latent frame (families with
+        the ``per_frame_timesteps`` capability). ``role``/``anchor_key`` tell an installed
+        attention patch the window's part (ABAM)."""
 
     @abstractmethod
     def install(self, attention=None, temporal_rope=None, key=None) -> None:

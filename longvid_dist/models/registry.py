@@ -15,6 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+CAPABILITIES = {
+    "attention_patches": "self-attention can be replaced per layer (ABAM, FreeLong, FreeSpec, FreeLOC)",
+    "temporal_rope": "a temporal rotary embedding whose frequencies and positions can be edited (RIFLEx, FLEX, "
+                     "FreeLOC's VRPR)",
+    "per_frame_timesteps": "the transformer takes one timestep per latent frame (diffusion forcing, causal rollout)",
+    "joint_text_video_attention": "text and video tokens share self-attention (patches see video tokens only)",
+    "context_parallel": "diffusers ships a context-parallel plan (sequence parallelism inside a window)",
+}
+"""What a family can do for a method; a recipe needing one its family lacks is refused at validation."""
+
+
 @dataclass(frozen=True)
 class FamilyInfo:
     """Static geometry of a model family: what validation needs before loading weights."""
@@ -37,6 +48,12 @@ class FamilyInfo:
     """Default (height, width) for full-size checkpoints."""
     hub_ids: tuple[str, ...] = ()
     """Hub ids known to be this family (``from_pretrained`` fetches or reads them from the HF cache)."""
+    capabilities: frozenset[str] = frozenset()
+    """Names from :data:`CAPABILITIES` this family's adapter supports."""
+
+    def missing(self, required) -> list[str]:
+        """The capabilities in ``required`` this family lacks, sorted."""
+        return sorted(set(required) - self.capabilities)
 
     def latent_frames(self, frames: int) -> int:
         """Latent frames for ``frames`` pixel frames."""
@@ -54,6 +71,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=81,
         default_size=(480, 832),
         hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"),
+        capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps", "context_parallel"}),
     ),
 }
 

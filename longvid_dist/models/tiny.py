@@ -12,8 +12,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_MODELS = {"tiny-wan": "Wan2.1 text-to-video, 2 layers, 24-dim attention, 3-channel-base VAE"}
-
 # A small in-memory SentencePiece-style vocabulary: whole words for the demo prompts plus
 # single letters so any ASCII prompt tokenizes to something other than <unk>.
 _WORDS = (

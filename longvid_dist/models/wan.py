@@ -154,11 +154,6 @@ class WanAdapter(ModelAdapter):
     rope_base = 10000.0
     """Wan's RoPE base (``WanRotaryPosEmbed`` theta)."""
 
-    def rope_dims(self) -> tuple[int, int, int]:
-        """Head dimensions of the temporal, height and width RoPE parts."""
-        r = self.transformer.rope
-        return r.t_dim, r.h_dim, r.w_dim
-
     def begin_step(self) -> None:
         """Forget per-step attention state (ABAM anchors)."""
         self.ctx.store.clear()
@@ -205,21 +200,17 @@ class WanAdapter(ModelAdapter):
 
         return Cond(t(data["pos"]), t(data["neg"]), float(data["guidance"]))
 
-    # -- latents and scheduler (shared with the coordinator's config-only view) ------
-    def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
-        return self.space.init_noise(generator, frames, height, width)
-
-    def make_scheduler(self, steps: int):
-        return self.space.make_scheduler(steps)
-
     # -- model --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
                 anchor_key=None) -> torch.Tensor:
         x = latent.unsqueeze(0).to(self.device, self.dtype)  # [C, L, h, w] -> [1, C, L, h, w]
-        timestep = t.to(self.device).expand(1)
         pt, ph, pw = self.transformer.config.patch_size
         self.ctx.grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        if t.ndim == 0:
+            timestep = t.to(self.device).expand(1)
+        else:  # one timestep per latent frame -> per token, as Wan2.2's expand_timesteps: [1, F*h'*w']
+            timestep = t.to(self.device).repeat_interleave(self.ctx.tokens_per_frame)[None]
         self.ctx.role, self.ctx.anchor_key = role, anchor_key
         self.ctx.branch = "cond"
         out = self.transformer(hidden_states=x, timestep=timestep,

@@ -1,24 +1,32 @@
 """Atomic checkpoints of the coordinator's state, so a killed render resumes exactly.
 
-A checkpoint holds the latent after step ``i``, the scheduler object (multistep solvers keep a
-history of model outputs in it), the next step index, and the key of the spec fields that
-determine the output. There is no generator state to save: every random draw after the initial
-noise comes from a generator keyed by (seed, purpose, step) (DESIGN decision 3).
+A checkpoint holds the latent after step ``i``, the sampler state (schedulers: multistep
+solvers keep a history of model outputs) as tensors plus JSON, the next step index and the
+output key of the spec. It is written with ``torch.save`` of plain tensors and strings and read
+with ``torch.load(weights_only=True)``: a foreign or tampered file is refused, and nothing in it
+is ever executed (no pickle of objects). There is no generator state to save: every random
+draw after the initial noise comes from a generator keyed by (seed, purpose, step) (DESIGN
+decision 3).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pickle
 import tempfile
+import warnings
 
 import torch
 
-# Spec fields that change the latent; the others (output path, workers, decode chunk...) may
-# differ between the killed run and the resumed one.
-OUTPUT_FIELDS = ("prompt", "negative_prompt", "model", "frames", "height", "width", "steps", "guidance",
-                 "recipe", "window", "stride", "seed", "dtype")
+from ..config import OUTPUT_FIELDS
+
+FORMAT = "longvid-checkpoint"
+VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint for this spec."""
 
 
 def checkpoint_path(out: str) -> str:
@@ -26,24 +34,19 @@ def checkpoint_path(out: str) -> str:
     return out.rstrip("/") + ".ckpt"
 
 
-def spec_key(spec) -> str:
-    """Hash of the output-determining fields of a spec."""
-    d = spec.to_dict()
-    # numbers by value: guidance 5 (JSON) and 5.0 (CLI) are the same render
-    norm = {k: float(d[k]) if isinstance(d[k], (int, float)) and not isinstance(d[k], bool) else d[k]
-            for k in OUTPUT_FIELDS}
-    blob = json.dumps(norm, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def save(path: str, spec, next_step: int, latent: torch.Tensor, scheduler) -> None:
-    """Write the checkpoint to a temporary file and rename it over ``path``."""
+def save(path: str, spec, next_step: int, latent: torch.Tensor, state: tuple[dict, dict]) -> None:
+    """Write the checkpoint (``state`` = the sampler's ``(tensors, meta)``) to a temporary file,
+    fsync it and rename it over ``path``."""
+    tensors, meta = state
+    blob = {"format": FORMAT, "version": VERSION,
+            "meta": json.dumps({"output_key": spec.output_key(), "spec": spec.to_dict(), "next_step": next_step,
+                                "state": meta}),
+            "latent": latent.detach().clone(), "tensors": tensors}
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"version": 1, "spec_key": spec_key(spec), "spec": spec.to_dict(),
-                        "next_step": next_step, "latent": latent.clone(), "scheduler": scheduler}, f)
+            torch.save(blob, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -53,22 +56,29 @@ def save(path: str, spec, next_step: int, latent: torch.Tensor, scheduler) -> No
         raise
 
 
-class CheckpointError(ValueError):
-    """No usable checkpoint for this spec."""
-
-
 def load(path: str, spec) -> dict:
-    """Read a checkpoint written for ``spec``; refuse one from a different spec."""
+    """``{"latent", "next_step", "tensors", "state"}`` of a checkpoint written for ``spec``;
+    :class:`CheckpointError` (one line) for a missing, foreign, tampered or other-spec file."""
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint {path!r} for output {spec.out!r}")
     try:
-        ck = torch.load(path, weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise CheckpointError(f"--resume: checkpoint {path!r} is unreadable ({e})") from None
-    if ck.get("spec_key") != spec_key(spec):
-        old = ck.get("spec", {})
-        diff = [k for k in OUTPUT_FIELDS if old.get(k) != spec.to_dict()[k]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, weights_only=True)  # refuses pickled objects: nothing is executed
+        ok = isinstance(ck, dict) and ck.get("format") == FORMAT and ck.get("version") == VERSION
+        meta = json.loads(ck["meta"]) if ok else None
+    except Exception as e:  # truncated, foreign or tampered file
+        reason = ("it holds objects other than tensors and plain data" if isinstance(e, pickle.UnpicklingError)
+                  else f"{type(e).__name__}: {str(e).strip()[:120]}")
+        raise CheckpointError(f"--resume: {path!r} is not a readable longvid checkpoint ({reason}); refused "
+                              f"without running it") from None
+    if meta is None:
+        raise CheckpointError(f"--resume: {path!r} is not a longvid checkpoint (version {VERSION}); refused")
+    if meta.get("output_key") != spec.output_key():
+        old, new = meta.get("spec", {}), spec.to_dict()
+        diff = [k for k in OUTPUT_FIELDS if old.get(k) != new[k]]
         raise CheckpointError(f"--resume: checkpoint {path!r} was written for a different render "
                               f"(differs in: {', '.join(diff) or 'unknown fields'}); rerun without --resume "
                               f"or with the same settings")
-    return ck
+    return {"latent": ck["latent"], "next_step": int(meta["next_step"]), "tensors": ck["tensors"],
+            "state": meta["state"]}

@@ -1,12 +1,18 @@
 """RayExecutor: each timestep's windows sharded over Ray actors. The only module importing ray.
 
-Every actor owns one GPU (``num_gpus=1``) or, on a CPU-only cluster, ``cpus_per_worker`` CPUs
-(torch's thread count is set to match), and loads one model replica lazily with the same
-adapter code as local runs. Per step the coordinator balances windows over actors by cost,
-sends each actor only the latent frames its windows read (numpy, DESIGN decision 7), and gets
-numpy predictions back; merging stays in the loop. Conditioning embeddings are put in the
-object store once per render and passed by reference. A dead actor is restarted by Ray
-(``max_restarts``) and its share of the step re-run, so faults do not change the output.
+Every actor is a :class:`~longvid_dist.runtime.worker.Worker` (the class ``LocalExecutor``
+runs in-process) owning one GPU (``num_gpus=1``) or, on a CPU-only cluster,
+``cpus_per_worker`` CPUs (torch's thread count is set to match); it loads its replica lazily
+with the same adapter code as local runs. Per step the coordinator balances windows over the
+worker groups by cost, sends each only the latent frames its windows read (numpy, DESIGN
+decision 7), and gets numpy predictions back; merging stays in the loop. Conditioning
+embeddings are encoded once per render and passed by object reference.
+
+Every phase survives a worker loss (DESIGN decision 4): model load, prompt encoding, predict
+and decode calls whose actor died are re-submitted to the actor Ray restarts
+(``max_restarts``), so the video is identical; past the bound a :class:`ClusterError` says
+which worker and which phase. Batch drivers and job entry points use :func:`connect`,
+:func:`capacity`, :func:`cluster_gpus` and :func:`shutdown` instead of importing ray.
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ import logging
 import os
 import socket
 import time
-import warnings
+import uuid
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..config import resolve_dtype
+from ..config import ParallelConfig, resolve_dtype
 from ..methods.windows import Window
-from .executor import Executor, install_patches, predict_windows, to_uint8
+from .executor import Executor
+from .worker import Worker, as_tensor
 
 # Ray 2.60 turns token authentication on by default and reads RAY_AUTH_MODE at import time.
 # We choose it deliberately, before importing ray: a user's setting wins; otherwise "token",
@@ -74,68 +81,6 @@ def shard(windows: list[Window], workers: int) -> list[list[int]]:
     return [sorted(s) for s in out]
 
 
-class _Worker:
-    """One model replica on one GPU (or a few CPUs). Pure: outputs depend only on inputs."""
-
-    def __init__(self, family: str, source: str, device: str, dtype: str, threads: int):
-        if threads > 0:
-            torch.set_num_threads(threads)
-        self.args = (family, source, device, getattr(torch, dtype))
-        self.adapter = None
-        self.conds: dict[str, object] = {}
-        self.busy = 0.0
-
-    def _load(self):
-        if self.adapter is None:
-            from ..models.registry import FAMILIES, adapter_class
-
-            family, source, device, dtype = self.args
-            if device == "cuda":
-                device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
-            self.adapter = adapter_class(FAMILIES[family]).load(source, device=device, dtype=dtype)
-        return self.adapter
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def warm(self) -> bool:
-        self._load()
-        return True
-
-    def encode(self, prompt: str, negative: str, guidance: float) -> dict:
-        return self._load().encode_prompt(prompt, negative, guidance).to_numpy()
-
-    def predict(self, cond_refs: dict, patches: dict | None, t: np.ndarray, frames: np.ndarray,
-                items: list) -> tuple[list, float]:
-        """``frames``: ``[C, n, h, w]`` latent frames this worker needs; ``items``: for each window
-        ``(local frame indices, window, keep)``. Returns the kept predictions and the busy time."""
-        t0 = time.perf_counter()
-        adapter = self._load()
-        install_patches(adapter, patches)  # free when already installed; a restarted actor reinstalls
-        for cid, ref in cond_refs.items():  # keyed by the object too: a reused actor gets new prompts
-            key = (cid, ref[0].hex())
-            if key not in self.conds:
-                self.conds = {k: c for k, c in self.conds.items() if k[0] != cid}
-                self.conds[key] = adapter.cond_from_numpy(ray.get(ref[0]))
-        conds = {cid: self.conds[(cid, ref[0].hex())] for cid, ref in cond_refs.items()}
-        x = _tensor(frames)  # [C, n, h, w]; each window's x[:, idx] below is a copy
-        preds = predict_windows(adapter, conds, torch.from_numpy(np.asarray(t)),
-                                [(x[:, idx], w) for idx, w, _ in items])
-        out = [p.cpu().numpy() for p, (_, _, keep) in zip(preds, items) if keep]
-        busy = time.perf_counter() - t0
-        self.busy += busy
-        return out, busy
-
-    def decode_context(self) -> int:
-        return self._load().decode_context()
-
-    def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
-        """Pixels of ``latent[:, skip:]`` as uint8 ``[n, H, W, 3]``, warmed up on the first
-        ``skip`` latent frames."""
-        frames = self._load().decode(torch.from_numpy(latent), chunk, skip=skip)
-        return np.concatenate([to_uint8(f) for f in frames])
-
-
 def worker_bundle(device: str, cpus_per_worker: int = 1) -> dict:
     """Resources of one worker actor: ``{GPU: 1, CPU: 1}`` when it runs on a GPU (``device``
     cuda, or auto on a cluster that has GPUs), else ``{CPU: cpus_per_worker}``. Needs Ray
@@ -172,83 +117,110 @@ def shutdown() -> None:
 
 
 class RayExecutor(Executor):
-    """Shards each step's windows over ``workers`` Ray actors."""
+    """Shards each step's windows over the worker groups of ``parallel`` on Ray actors."""
 
-    def __init__(self, family: str, source: str, workers: int, address: str | None = None,
-                 device: str = "auto", dtype: str = "auto", cpus_per_worker: int = 1,
-                 placement_timeout: float = 30.0, max_restarts: int = 3):
+    def __init__(self, family: str, source: str, parallel: ParallelConfig, device: str = "auto",
+                 dtype: str = "auto", cpus_per_worker: int = 1, placement_timeout: float = 30.0,
+                 max_restarts: int = 3):
         if ray is None:
             raise ClusterError("ray is not installed")
         from ..models.registry import FAMILIES, adapter_class
 
         # The coordinator holds the fp32 latent on CPU and never loads weights.
         self.space = adapter_class(FAMILIES[family]).latent_space.from_source(source)
-        self.owns_ray = False
-        self._connect(address)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        use_gpu = device.startswith("cuda") or (device == "auto" and gpus >= 1)
-        bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_worker}
-        self._check_capacity(workers, bundle)
-        self.pg = placement_group([bundle] * workers, strategy="PACK")
+        self.parallel = parallel
+        self.workers: list = []
+        self.pg = None
+        self.owns_ray = connect(parallel.address) == "local"
+        n = parallel.num_workers
+        try:
+            bundle = worker_bundle(device, cpus_per_worker)
+            capacity(n, device)
+        except ClusterError:
+            self.close()
+            raise
+        self.pg = placement_group([bundle] * n, strategy="PACK")
         try:
             ray.get(self.pg.ready(), timeout=placement_timeout)
         except GetTimeoutError:
-            remove_placement_group(self.pg)
             self.close()
-            raise ClusterError(f"could not place {workers} workers of {bundle} within {placement_timeout:.0f}s; "
+            raise ClusterError(f"could not place {n} workers of {_fmt(bundle)} within {placement_timeout:.0f}s; "
                                f"available: {_fmt(ray.available_resources())}") from None
-        dev = "cuda" if use_gpu else "cpu"
-        self.device = dev
+        use_gpu = "GPU" in bundle
+        self.device = "cuda" if use_gpu else "cpu"
         self.dtype = resolve_dtype(dtype, use_gpu)
-        actor = ray.remote(_Worker)
+        self.groups = parallel.groups()
+        """Worker ranks of each group; a window runs on one group."""
+        group_of = {r: g for g in self.groups for r in g}
+        actor = ray.remote(Worker)
         self.workers = [
             actor.options(
                 max_restarts=max_restarts, num_gpus=1 if use_gpu else 0, num_cpus=bundle["CPU"],
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(family, source, dev, self.dtype, 0 if use_gpu else cpus_per_worker)
-            for i in range(workers)
+            ).remote(family, source, self.device, self.dtype, 0 if use_gpu else cpus_per_worker,
+                     rank=i, group=group_of[i])
+            for i in range(n)
         ]
-        ray.get([w.warm.remote() for w in self.workers])
-        self.cond_refs: dict = {}
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        """Calls re-run because their worker died."""
+        self.cond_ref = None
+        self.version = ""
         self.patches: dict | None = None
         self.metrics: list[dict] = []
-        self.busy = [0.0] * workers
-        self.restarts = 0
-        self.max_restarts = max_restarts
-        """Calls re-run because their worker died."""
+        self.busy = [0.0] * n
+        try:
+            self._run_all([(k, "warm", ()) for k in range(n)], "model load")
+        except BaseException:
+            self.close()
+            raise
 
-    # -- cluster ------------------------------------------------------------------------
-    def _connect(self, address: str | None) -> None:
-        self.owns_ray = connect(address) == "local"
+    # -- calls that survive a worker loss -----------------------------------------------
+    def _submit(self, k: int, method: str, args: tuple):
+        return getattr(self.workers[k], method).remote(*args)
 
-    def _check_capacity(self, workers: int, bundle: dict) -> None:
-        total = ray.cluster_resources()
-        for res, need in bundle.items():
-            if total.get(res, 0) < need * workers:
-                self.close()
-                raise ClusterError(f"--workers {workers} needs {need * workers:g} {res} "
-                                   f"({need:g} per worker); the cluster has {_fmt(total)}")
+    def _get(self, k: int, ref, method: str, args: tuple, phase: str):
+        """The result of ``ref`` (worker ``k``'s ``method(*args)``); re-submitted to the
+        restarted actor when the worker died, up to ``max_restarts`` times."""
+        for attempt in range(self.max_restarts + 1):
+            try:
+                return ray.get(ref)
+            except RayActorError as e:
+                self.restarts += 1
+                if attempt == self.max_restarts:
+                    raise ClusterError(f"worker {k} died {attempt + 1} times during {phase}; giving up "
+                                       f"({type(e).__name__})") from None
+                time.sleep(0.2 * attempt)  # let Ray bring the actor back
+                ref = self._submit(k, method, args)
+
+    def _run_all(self, calls: list[tuple[int, str, tuple]], phase: str) -> list:
+        """Run ``(worker, method, args)`` calls concurrently; results in order."""
+        refs = [self._submit(k, m, a) for k, m, a in calls]
+        return [self._get(k, ref, m, a, phase) for ref, (k, m, a) in zip(refs, calls)]
 
     # -- Executor -----------------------------------------------------------------------
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
         # A new render: its metrics start afresh (the executor may be reused across videos).
         self.metrics, self.busy, self.restarts = [], [0.0] * len(self.workers), 0
-        # One worker encodes; its result is already in the object store, shared by reference.
-        self.cond_refs = {k: [self.workers[0].encode.remote(p, n, guidance)] for k, (p, n) in prompts.items()}
-        ray.wait([r[0] for r in self.cond_refs.values()], num_returns=len(self.cond_refs))
+        # One worker encodes; the result stays in the object store and is passed by reference.
+        args = (prompts, guidance)
+        ref = self._submit(0, "encode", args)
+        self._get(0, ref, "encode", args, "prompt encoding")
+        self.cond_ref = ref
+        self.version = uuid.uuid4().hex
 
     def install(self, patches: dict | None) -> None:
         self.patches = patches  # sent with every call, so a restarted actor gets them too
 
-    def predict(self, latent: torch.Tensor, t: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+    def predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         t0 = time.perf_counter()
         lat = latent.numpy()
-        shards = shard(windows, len(self.workers))
         by_frames = {w.frames: w for w in windows if w.role == "anchor"}
-        calls, moved = {}, 0
-        for k, idxs in enumerate(shards):
+        calls, moved = [], 0
+        for g, idxs in enumerate(shard(windows, len(self.groups))):
             if not idxs:
                 continue
+            k = self.groups[g][0]
             wins = [windows[i] for i in idxs]
             # ABAM: a follower whose anchor runs elsewhere gets the anchor recomputed here, first
             # (keys/values are never shipped across the network per layer).
@@ -261,29 +233,16 @@ class RayExecutor(Executor):
             items = [([pos[f] for f in w.frames], w, keep) for w, keep in todo]
             frames = np.ascontiguousarray(lat[:, need])  # [C, n, h, w]: only what this worker reads
             moved += frames.nbytes
-            calls[k] = (idxs, frames, items)
+            calls.append((idxs, (k, "predict", (self.version, self.cond_ref, self.patches, frames, items))))
+        results = self._run_all([c for _, c in calls], "predict")
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
-        tt = t.cpu().numpy()  # keeps the scheduler's timestep dtype
-        pending = {k: self._call(k, c, tt) for k, c in calls.items()}
-        retries: dict[int, int] = {}
-        while pending:
-            for k, ref in list(pending.items()):
-                try:
-                    out, busy = ray.get(ref)
-                except RayActorError as e:  # the actor died: Ray restarts it; run its share again
-                    self.restarts += 1
-                    retries[k] = retries.get(k, 0) + 1
-                    if retries[k] > self.max_restarts:
-                        raise ClusterError(f"worker {k} died {retries[k]} times in one step; giving up: {e}") from None
-                    pending[k] = self._call(k, calls[k], tt)
-                    continue
-                self.busy[k] += busy
-                step_busy[k] += busy
-                for i, p in zip(calls[k][0], out):
-                    preds[i] = _tensor(p)  # read only by the merge
-                    moved += p.nbytes
-                del pending[k]
+        for (idxs, (k, _, _)), (out, busy) in zip(calls, results):
+            self.busy[k] += busy
+            step_busy[k] += busy
+            for i, p in zip(idxs, out):
+                preds[i] = as_tensor(p)  # read only by the merge
+                moved += p.nbytes
         wall = time.perf_counter() - t0
         # transfer = what the slowest worker's compute does not explain (serialization, network)
         self.metrics.append({"bytes_moved": moved, "transfer": max(wall - max(step_busy), 0.0),
@@ -295,10 +254,6 @@ class RayExecutor(Executor):
         return {"per_step": self.metrics,
                 "workers": [{"index": i, "busy": b} for i, b in enumerate(self.busy)]}
 
-    def _call(self, k: int, call: tuple, t: np.ndarray):
-        _, frames, items = call
-        return self.workers[k].predict.remote(self.cond_refs, self.patches, t, frames, items)
-
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
         """Temporal chunks decoded on all workers at once, yielded in order.
 
@@ -309,30 +264,18 @@ class RayExecutor(Executor):
         """
         lat = latent.numpy()
         total = lat.shape[1]
-        ctx = ray.get(self.workers[0].decode_context.remote())
-        size = max(chunk, ctx, -(-total // len(self.workers)))
-        spans = [(s, min(s + size, total)) for s in range(0, total, size)]
-        refs: list = []
-        for i, (s, e) in enumerate(spans):
+        n = len(self.workers)
+        ctx = self._run_all([(0, "decode_context", ())], "decode")[0]
+        size = max(chunk, ctx, -(-total // n))
+        calls = []
+        for i, s in enumerate(range(0, total, size)):
             a = max(0, s - ctx)
-            refs.append((self.workers[i % len(self.workers)], np.ascontiguousarray(lat[:, a:e]), s - a))
-        inflight = [r[0].decode.remote(r[1], r[2], chunk) for r in refs[: 2 * len(self.workers)]]
-        nxt = len(inflight)
-        for i in range(len(refs)):
-            yield self._get_retry(inflight[i], lambda i=i: refs[i][0].decode.remote(refs[i][1], refs[i][2], chunk))
-            if nxt < len(refs):
-                inflight.append(refs[nxt][0].decode.remote(refs[nxt][1], refs[nxt][2], chunk))
-                nxt += 1
-
-    def _get_retry(self, ref, resubmit, tries: int = 3):
-        for k in range(tries):
-            try:
-                return ray.get(ref)
-            except RayActorError:
-                self.restarts += 1
-                if k >= min(tries, self.max_restarts + 1) - 1:
-                    raise
-                ref = resubmit()
+            calls.append((i % n, "decode", (np.ascontiguousarray(lat[:, a:min(s + size, total)]), s - a, chunk)))
+        inflight = [self._submit(*c) for c in calls[: 2 * n]]
+        for i, (k, m, args) in enumerate(calls):
+            yield self._get(k, inflight[i], m, args, "decode")
+            if len(inflight) < len(calls):
+                inflight.append(self._submit(*calls[len(inflight)]))
 
     def healthy(self, timeout: float = 60.0) -> bool:
         """Whether every worker answers within ``timeout`` seconds (after its restarts)."""
@@ -343,13 +286,14 @@ class RayExecutor(Executor):
             return False
 
     def worker_pids(self) -> list[int]:
+        """Process ids of the workers (tests kill them)."""
         return ray.get([w.pid.remote() for w in self.workers])
 
     def close(self) -> None:
-        for w in getattr(self, "workers", []):
+        for w in self.workers:
             ray.kill(w)
         self.workers = []
-        if getattr(self, "pg", None) is not None:
+        if self.pg is not None:
             remove_placement_group(self.pg)
             self.pg = None
         if self.owns_ray and ray.is_initialized():
@@ -374,14 +318,6 @@ def connect(address: str | None, quiet: bool = False) -> str | None:
     ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
              num_cpus=os.cpu_count(), **({"logging_level": logging.WARNING} if quiet else {}))
     return "local"
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A tensor over a numpy array without copying, even when the object store made it
-    read-only (callers only read it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(a)
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:

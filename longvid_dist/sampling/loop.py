@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from ..runtime.executor import Executor
 from .planner import Planner
+from .state import SamplerState
 
 
 @dataclass
@@ -17,11 +18,17 @@ class StepStats:
     """Where one step's time went (seconds) and how many windows it ran."""
 
     step: int
+    """Step index."""
     t: float
+    """Timestep (the largest one when frames have their own)."""
     windows: int
+    """Model calls (windows) of the step."""
     predict: float
+    """Seconds in the executor's predict."""
     merge: float
+    """Seconds merging predictions."""
     sched: float
+    """Seconds in the scheduler step and refinement."""
 
 
 @dataclass
@@ -32,32 +39,34 @@ class LoopResult:
     """Per-step timings."""
 
 
-def denoise(latent: torch.Tensor, scheduler, planner: Planner, executor: Executor,
-            on_step: Callable[[StepStats, torch.Tensor, object], None] | None = None,
+def denoise(latent: torch.Tensor, state: SamplerState, planner: Planner, executor: Executor,
+            on_step: Callable[[StepStats, torch.Tensor, SamplerState], None] | None = None,
             start: int = 0) -> LoopResult:
-    """Run the timesteps of ``scheduler`` from index ``start`` on ``latent`` ``[C, F, h, w]``:
+    """Run the steps of ``state`` from index ``start`` on ``latent`` ``[C, F, h, w]``:
     plan -> predict -> merge/fuse -> step -> refine -> ``on_step`` (progress, checkpoints).
 
-    Window predictions are merged into one prediction for the whole latent and the scheduler
-    steps once per timestep (DESIGN decision 1), so multistep solvers keep their history.
+    Every window carries its noise level (``Window.timestep``); window predictions are merged
+    into one prediction for the whole latent and the scheduler steps once per timestep (DESIGN
+    decision 1), so multistep solvers keep their history.
     """
     executor.install(planner.patches())
     result = LoopResult(latent)
-    for i, t in enumerate(scheduler.timesteps):
-        if i < start:  # resumed: these steps are in the restored latent and scheduler
-            continue
-        plan = planner.plan(i, float(t))
+    for i in range(start, state.num_steps):  # resumed: earlier steps are in latent and state
+        level = state.noise_level(i)  # 0-d, or [F] when frames have their own timesteps
+        t = float(level.max())
+        plan = planner.plan(i, t)
+        windows = [replace(w, timestep=level if level.ndim == 0 else level[list(w.frames)]) for w in plan.windows]
         t0 = time.perf_counter()
-        preds = executor.predict(latent, t, plan.windows)
+        preds = executor.predict(latent, windows)
         t1 = time.perf_counter()
         merged = plan.merge(preds)  # [C, F, h, w]
         t2 = time.perf_counter()
-        stepped = scheduler.step(merged[None], t, latent[None], return_dict=False)[0][0]
-        latent = planner.refine(executor.space, stepped, latent, merged, scheduler, i)
+        stepped = state.step(merged, i, latent)
+        latent = planner.refine(executor.space, stepped, latent, merged, state.scheduler, i)
         t3 = time.perf_counter()
-        stats = StepStats(i, float(t), len(plan.windows), t1 - t0, t2 - t1, t3 - t2)
+        stats = StepStats(i, t, len(windows), t1 - t0, t2 - t1, t3 - t2)
         result.steps.append(stats)
         if on_step:
-            on_step(stats, latent, scheduler)
+            on_step(stats, latent, state)
     result.latent = latent
     return result

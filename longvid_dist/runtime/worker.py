@@ -1,0 +1,152 @@
+"""The Worker: one model replica that encodes prompts, predicts windows and decodes chunks.
+
+The same class runs in-process under ``LocalExecutor`` and as the Ray actor of ``RayExecutor``
+(vLLM's engine -> executor -> worker split). It is a pure function of its inputs (DESIGN
+decision 3): arrays in and out are numpy (DESIGN decision 7), conditioning travels as numpy
+embeddings tagged with a version, attention/RoPE patches as plain data. A worker knows its
+``rank`` and its ``group`` (the ranks that share one window's attention; one rank until
+sequence parallelism fills it in). It imports no Ray: a restarted actor is a fresh Worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..methods.windows import Window
+
+
+class Worker:
+    """One model replica on one device."""
+
+    def __init__(self, family: str, source: str, device: str = "cpu", dtype: str = "float32",
+                 threads: int = 0, rank: int = 0, group: Sequence[int] = (0,)):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.family, self.source, self.device, self.dtype = family, source, device, dtype
+        self.rank = rank
+        """This worker's index among the render's workers."""
+        self.group = list(group)
+        """Ranks that share one window's attention (sequence parallelism); ``[rank]`` today."""
+        self.adapter = None
+        self.conds: dict = {}
+        self.cond_version: str | None = None
+        self.busy = 0.0
+        """Seconds spent predicting, over the worker's life."""
+
+    @classmethod
+    def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,)) -> "Worker":
+        """A worker around an adapter already loaded in this process."""
+        w = cls(adapter.family.name, "", str(adapter.device), str(adapter.dtype).removeprefix("torch."),
+                rank=rank, group=group)
+        w.adapter = adapter
+        return w
+
+    # -- model ------------------------------------------------------------------------------
+    def load(self):
+        """The model replica, loaded on first use (with the family's adapter)."""
+        if self.adapter is None:
+            from ..models.registry import FAMILIES, adapter_class
+
+            device = self.device
+            if device == "cuda":
+                device = "cuda:0"  # under Ray, CUDA_VISIBLE_DEVICES is this actor's GPU
+            self.adapter = adapter_class(FAMILIES[self.family]).load(self.source, device=device,
+                                                                     dtype=getattr(torch, self.dtype))
+        return self.adapter
+
+    def warm(self) -> bool:
+        """Load the model now (so the first step does not pay for it)."""
+        self.load()
+        return True
+
+    def pid(self) -> int:
+        """Process id (tests kill it; the batch checks workers answer)."""
+        return os.getpid()
+
+    # -- conditioning -----------------------------------------------------------------------
+    def encode(self, prompts: dict[str, tuple[str, str]], guidance: float) -> dict[str, dict]:
+        """Encode each conditioning id's (prompt, negative prompt): numpy embeddings per id."""
+        adapter = self.load()
+        return {cid: adapter.encode_prompt(p, n, guidance).to_numpy() for cid, (p, n) in prompts.items()}
+
+    def _conditions(self, version: str, conds: dict[str, dict]) -> dict:
+        """The replica-side conditions of ``version`` (converted once per render)."""
+        if version != self.cond_version:
+            adapter = self.load()
+            self.conds = {cid: adapter.cond_from_numpy(c) for cid, c in conds.items()}
+            self.cond_version = version
+        return self.conds
+
+    def install(self, patches: dict | None) -> None:
+        """Install a render's attention/RoPE patches (free when the same ones are installed)."""
+        try:
+            from ..methods.registry import build_patches
+        except ImportError:  # TEMPORARY until the methods registry lands
+            from ..sampling.planner import make_patches
+
+            def build_patches(p, info):
+                return make_patches(p, info["num_layers"], info)
+
+        adapter = self.load()
+        key = repr(sorted(patches.items())) if patches else None
+        if key == adapter.patch_key:
+            return
+        attention, rope = build_patches(patches, adapter.model_info())
+        adapter.install(attention, rope, key=key)
+
+    # -- windows ----------------------------------------------------------------------------
+    def predict(self, version: str, conds: dict[str, dict], patches: dict | None, frames: np.ndarray,
+                items: list[tuple[list[int], Window, bool]]) -> tuple[list[np.ndarray], float]:
+        """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the latent frames this
+        worker needs). ``items``: per window ``(indices into frames, window, keep)``, anchors
+        before their followers; returns the kept predictions ``[C, len(window), h, w]`` and the
+        busy seconds. Each window's noise level is its ``timestep``."""
+        t0 = time.perf_counter()
+        adapter = self.load()
+        self.install(patches)  # a restarted actor gets the patches with its first call
+        cond = self._conditions(version, conds)
+        x = as_tensor(frames)  # [C, n, h, w]; x[:, idx] below copies
+        adapter.begin_step()  # anchors record keys/values for the followers after them
+        out = []
+        for idx, w, keep in items:
+            anchor = w.anchor if w.role == "follow" else w.frames
+            p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
+                                role=w.role, anchor_key=anchor)
+            if keep:
+                out.append(p.cpu().numpy())
+        busy = time.perf_counter() - t0
+        self.busy += busy
+        return out, busy
+
+    # -- decoding ---------------------------------------------------------------------------
+    def decode_context(self) -> int:
+        """Latent frames of warm-up after which a decode starting mid-video is exact."""
+        return self.load().decode_context()
+
+    def iter_decode(self, latent: np.ndarray, chunk: int, skip: int = 0) -> Iterator[np.ndarray]:
+        """uint8 ``[n, H, W, 3]`` chunks of ``latent[:, skip:]``, warmed up on the first ``skip``
+        latent frames; ``chunk`` latent frames of pixels alive at a time."""
+        return (to_uint8(f) for f in self.load().decode(as_tensor(latent), chunk, skip=skip))
+
+    def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
+        """All pixels of ``latent[:, skip:]`` as one uint8 ``[n, H, W, 3]`` array."""
+        return np.concatenate(list(self.iter_decode(latent, chunk, skip)))
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor over a numpy array without copying, even when the object store made it
+    read-only (callers only read it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounded to nearest."""
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
