@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     from longvid_dist.models.wan import WanAdapter
     from longvid_dist.runtime.executor import LocalExecutor
     from longvid_dist.sampling.loop import denoise
+    from longvid_dist.sampling.state import SamplerState
     from longvid_dist.sampling.planner import Planner
     from longvid_dist.sampling.rng import keyed_generator, noise_generator
 
@@ -121,11 +122,11 @@ def main(argv=None) -> int:
     def ours_denoise(recipe="direct", frames=None):
         ex = LocalExecutor(adapter)
         ex.set_conditions({"main": (PROMPT, NEGATIVE)}, a.guidance)
-        sched = adapter.make_scheduler(a.steps)
-        latent = adapter.init_noise(noise_generator(a.seed), frames or a.frames, a.height, a.width)
+        state = SamplerState.shared(adapter.space.make_scheduler(a.steps))
+        latent = adapter.space.init_noise(noise_generator(a.seed), frames or a.frames, a.height, a.width)
         planner = Planner(get_recipe(recipe), latent.shape[1], native,
                           lambda purpose, step: keyed_generator(a.seed, purpose, step))
-        return ex, denoise(latent, sched, planner, ex)
+        return ex, denoise(latent, state, planner, ex)
 
     def ours(decode):
         def run():

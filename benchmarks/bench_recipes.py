@@ -25,6 +25,7 @@ from longvid_dist.models.tiny import tiny_model_path  # noqa: E402
 from longvid_dist.models.wan import WanAdapter  # noqa: E402
 from longvid_dist.runtime.executor import LocalExecutor  # noqa: E402
 from longvid_dist.sampling.loop import denoise  # noqa: E402
+from longvid_dist.sampling.state import SamplerState  # noqa: E402
 from longvid_dist.sampling.planner import Planner  # noqa: E402
 from longvid_dist.sampling.rng import keyed_generator, noise_generator  # noqa: E402
 
@@ -47,10 +48,10 @@ def main() -> None:
 
     def run(name: str) -> tuple[float, float]:
         planner = Planner(get_recipe(name), latent_frames, native, lambda p, s: keyed_generator(0, p, s))
-        sched = adapter.make_scheduler(a.steps)
+        state = SamplerState.shared(adapter.space.make_scheduler(a.steps))
         z = planner.init_noise(adapter.space, noise_generator(0), a.frames, a.size, a.size)
         t0 = time.perf_counter()
-        res = denoise(z, sched, planner, ex)
+        res = denoise(z, state, planner, ex)
         wall = (time.perf_counter() - t0) / a.steps
         return wall, statistics.fmean(s.windows for s in res.steps)
 

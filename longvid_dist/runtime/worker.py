@@ -111,6 +111,8 @@ class Worker:
         adapter = self.load()
         self.install(patches)  # a restarted actor gets the patches with its first call
         cond = self._conditions(version, conds)
+        if "per_frame_timesteps" not in adapter.family.capabilities and any(np.ndim(w.timestep) for _, w, _ in items):
+            raise ValueError(f"{adapter.family.name} models take one timestep per window, not one per frame")
         x = as_tensor(frames)  # [C, n, h, w]; x[:, idx] below copies
         adapter.begin_step()  # anchors record keys/values for the followers after them
         out = []
