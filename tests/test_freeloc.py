@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from longvid_dist.methods.lse_attention import attention_with_lse, lse_merge
 from longvid_dist.models.hooks import AttentionPatch, AttnContext, sdpa
 from longvid_dist.methods.freeloc import (BANDS, PUBLISHED_VRPR, VRPR, VRPRTSA, WAN21_13B_PROFILE, FreeLOC,
-                                          VRPRParams, attention_with_lse, band_of, band_positions, lse_merge,
-                                          relative_distance_map, tsa_attention, tsa_default_ds, tsa_density,
+                                          VRPRParams, band_of, band_positions, relative_distance_map, tsa_attention, tsa_default_ds, tsa_density,
                                           tsa_flex_attention, tsa_flops, tsa_mask, vrpr_attention,
                                           vrpr_is_monotone, vrpr_params, vrpr_positions, vrpr_tsa_attention)
 

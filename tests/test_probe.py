@@ -10,7 +10,7 @@ import pytest
 
 from longvid_dist.methods.recipes import RecipeError, recipe_from_dict
 from longvid_dist.probe import LayerProbe, assign, probe
-from longvid_dist.sampling.planner import freeloc_profile
+from longvid_dist.methods.freeloc import freeloc_profile
 
 
 def test_probe_cli_writes_a_valid_profile(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from longvid_dist.methods.merge import fuse_paths, glc_gamma, wls_merge
-from longvid_dist.methods.recipes import PROFILES, builtin_names, get_recipe
+from longvid_dist.methods.recipes import builtin_names, get_recipe
 from longvid_dist.methods.windows import (
+    PROFILES,
     Window,
     coverage,
     dilated_windows,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .recipes import PROFILES
+PROFILES = ("uniform", "pyramid", "triangular", "gaussian")
+"""Per-frame merge weight profiles (:func:`weight_profile`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,10 +40,6 @@ class Window:
 
     def __len__(self) -> int:
         return len(self.frames)
-
-    def key(self) -> tuple:
-        """Identity of the computation: windows with equal keys give equal predictions."""
-        return (self.frames, self.cond)
 
 
 def weight_profile(length: int, profile: str = "uniform") -> np.ndarray:
