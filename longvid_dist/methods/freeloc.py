@@ -1,20 +1,22 @@
 """FreeLOC (Tian et al., CVPR 2026; papers 001/003): VRPR, TSA and their per-layer dispatch.
 
 Pure tensor functions on ``[B, S, H, D]`` tensors (``S = frames * tokens_per_frame``,
-frame-major, ``grid = (frames, h, w)``) plus :class:`AttentionPatch` subclasses for the adapters.
+frame-major, ``grid = (frames, h, w)``) plus the :class:`FreeLOC` patch (recipe kind ``freeloc``).
+The generic log-sum-exp attention they build on is :mod:`.lse_attention`.
 
 * **VRPR** (video-based relative position re-encoding): temporal RoPE positions are re-encoded
   per band of frame distance, so that every (query, key) frame pair gets a relative temporal
   distance inside the trained range. Each band is one attention call with its own rotated
   q/k; the bands' partial attentions are merged exactly by their log-sum-exp
-  (:func:`lse_merge`), which equals one softmax over the union of the keys.
+  (:func:`~.lse_attention.lse_merge`), which equals one softmax over the union of the keys.
 * **TSA** (tiered sparse attention): dense attention within ``D1`` frames, "striped"
   attention (same in-frame token index up to ``Ds``) for ``D1 < d <= D2``, the first frame as an
   attention sink for every query, nothing else.
 * **Layer profile**: which layers get VRPR and which VRPR+TSA (:data:`WAN21_13B_PROFILE`,
-  or one written by ``longvid probe``).
+  the shipped ones in :data:`PROFILE_DIR`, or one written by ``longvid probe``).
+* **Length rule**: VRPR band parameters per window length (:func:`vrpr_params`).
 
-VRPR and VRPR+TSA patches set ``raw_qk = True``: the adapter passes unrotated q/k and a
+:class:`FreeLOC` sets ``raw_qk = True``: the adapter passes unrotated q/k and a
 ``ctx.rotate(x, frame_positions)`` callback that applies the model's full 3D RoPE with the
 given temporal position per frame (spatial positions unchanged).
 
@@ -439,16 +441,6 @@ def tsa_density(grid, D1: int = 8, D2: int = 24, Ds: int | None = None) -> dict[
     return {"dense": dense, "striped": striped, "sink": sink, "total": dense + striped + sink}
 
 
-def tsa_flops(grid, D1: int = 8, D2: int = 24, Ds: int | None = None, heads: int = 1,
-              head_dim: int = 128) -> dict[str, float]:
-    """Attention FLOPs (``q k^T`` and ``p v``: ``4 * pairs * head_dim * heads``) of TSA and of
-    dense attention, and their ratio (= the total density)."""
-    s = grid[0] * grid[1] * grid[2]
-    dense = 4.0 * s * s * head_dim * heads
-    frac = tsa_density(grid, D1, D2, Ds)["total"]
-    return {"tsa": dense * frac, "dense": dense, "ratio": frac}
-
-
 # --------------------------------------------------------------------------------------
 # VRPR + TSA
 # --------------------------------------------------------------------------------------
@@ -484,47 +476,6 @@ def _need_rotate(ctx: AttnContext) -> Rotate:
     if rotate is None:
         raise RuntimeError("FreeLOC patches need ctx.rotate (the adapter's RoPE with per-frame temporal positions)")
     return rotate
-
-
-@dataclass
-class VRPR(AttentionPatch):
-    """FreeLOC's VRPR on full attention (:func:`vrpr_attention`). ``params`` None: chosen per
-    window length by :func:`vrpr_params`."""
-
-    params: VRPRParams | None = None
-    """Band parameters (None: :func:`vrpr_params` of the window length)."""
-    layers: tuple[int, ...] | None = None
-    """Layers patched (None: all)."""
-    name = "vrpr"
-    raw_qk = True
-
-    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
-        p = self.params or vrpr_params(ctx.grid[0])
-        return vrpr_attention(q, k, v, ctx.grid, _need_rotate(ctx), p)
-
-
-@dataclass
-class VRPRTSA(AttentionPatch):
-    """FreeLOC's VRPR + TSA (:func:`vrpr_tsa_attention`): TSA picks the visible keys, VRPR
-    re-encodes their positions. Defaults D1 = 8, D2 = 24 (public config), ``Ds`` None =
-    :func:`tsa_default_ds`."""
-
-    params: VRPRParams | None = None
-    """Band parameters (None: :func:`vrpr_params` of the window length)."""
-    D1: int = 8
-    """Dense tier: frame distance ``<= D1``."""
-    D2: int = 24
-    """Striped tier: ``D1 < d <= D2``; nothing but the sink beyond."""
-    Ds: int | None = None
-    """Stripe half-width in in-frame tokens (None: :func:`tsa_default_ds`)."""
-    layers: tuple[int, ...] | None = None
-    """Layers patched (None: all)."""
-    name = "vrpr_tsa"
-    raw_qk = True
-
-    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
-        p = self.params or vrpr_params(ctx.grid[0])
-        return vrpr_tsa_attention(q, k, v, ctx.grid, _need_rotate(ctx), p, self.D1, self.D2, self.Ds)
 
 
 WAN21_13B_TSA_LAYERS = (0, 1, 4, 6, 7, 9, 10, 11, 13, 14, 15, 16, 18, 22, 23, 24, 25)

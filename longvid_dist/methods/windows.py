@@ -148,11 +148,3 @@ def with_anchor(windows: list[Window]) -> list[Window]:
         return windows
     first = windows[0]
     return [replace(first, role="anchor")] + [replace(w, role="follow", anchor=first.frames) for w in windows[1:]]
-
-
-def coverage(windows: list[Window], num_frames: int) -> np.ndarray:
-    """Total merge weight per latent frame (0 where no window covers the frame)."""
-    total = np.zeros(num_frames)
-    for w in windows:
-        np.add.at(total, np.asarray(w.frames), np.asarray(w.weights))
-    return total
