@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 import torch  # noqa: E402
 
-from longvid_dist.methods.attention import banded_attention  # noqa: E402
+from longvid_dist.methods.lse_attention import banded_attention  # noqa: E402
 from longvid_dist.models.hooks import AttnContext, sdpa  # noqa: E402
 from longvid_dist.methods.spectral import (_subspace, energy_rank, freespec_fuse,  # noqa: E402
                                            subspace_distance)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from longvid_dist.models.hooks import AttnContext
-from longvid_dist.methods.attention import (ABAM, SpectralBlend, banded_attention,
-                                            gaussian_lowpass_3d, sdpa)
+from longvid_dist.models.hooks import AttnContext, sdpa
+from longvid_dist.methods.attention import ABAM, SpectralBlend
+from longvid_dist.methods.lse_attention import banded_attention
+from longvid_dist.methods.noise import lowpass_filter
 from longvid_dist.methods.rope import riflex, riflex_index
 from longvid_dist.models.hooks import rope_frequencies
 
@@ -101,12 +102,12 @@ def test_freelong_lowpass_one_is_global_and_zero_is_local():
 
 
 def test_gaussian_lowpass_properties():
-    h = gaussian_lowpass_3d(9, 8, 8)
+    h = lowpass_filter(9, 8, 8, dtype=torch.float32)
     assert h[0, 0, 0] == 1 and bool((h > 0).all()) and bool((h <= 1).all())
     # symmetric under f -> -f (so the blend of real fields is real)
     assert torch.allclose(h, torch.roll(h.flip(0, 1, 2), shifts=(1, 1, 1), dims=(0, 1, 2)))
     # at the spatial cut-off (normalised frequency 0.25 of Nyquist) H = exp(-1/2)
-    assert math.isclose(float(gaussian_lowpass_3d(1, 8, 1)[0, 1, 0]), math.exp(-0.5), rel_tol=1e-6)
+    assert math.isclose(float(lowpass_filter(1, 8, 1, dtype=torch.float32)[0, 1, 0]), math.exp(-0.5), rel_tol=1e-6)
 
 
 def test_freelong_on_the_model_with_identity_blend_is_close_to_stock(adapter, inputs):

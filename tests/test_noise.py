@@ -9,14 +9,13 @@ import torch
 
 from longvid_dist.methods.noise import (
     FILTERS,
-    NOISE_STRATEGIES,
     antiphase_noise,
+    freenoise_noise,
     freenoise_shuffle,
     glc_noise_reinit,
     glc_reinit_noise,
     iid_noise,
     lowpass_filter,
-    make_noise,
 )
 
 
@@ -62,7 +61,7 @@ def test_freenoise_reproducible_and_seed_dependent():
     assert not torch.equal(a, freenoise_shuffle(noise, 8, 4, gen(2)))
     g = gen(3)
     expected = freenoise_shuffle(iid_noise(g, (2, 40, 3, 3)), 8, 4, g)
-    assert torch.equal(make_noise("freenoise", gen(3), (2, 40, 3, 3), window=8, stride=4), expected)
+    assert torch.equal(freenoise_noise(gen(3), (2, 40, 3, 3), 8, 4), expected)
 
 
 @pytest.mark.parametrize("window,stride", [(8, 9), (8, 0), (0, 0)])
@@ -141,7 +140,6 @@ def test_glc_reinit_keeps_unit_variance_per_frame(kind):
     var = z.double().var(dim=(0, 2, 3), unbiased=False)
     assert float((var - 1).abs().max()) < 0.05
     assert abs(float(z.double().mean())) < 0.02
-    assert torch.equal(z, make_noise("glc_reinit", gen(0), shape, window=16, stride=4, kind=kind))
 
 
 def test_antiphase_marginals_and_correlation():
@@ -161,18 +159,6 @@ def test_antiphase_rejects_rho_outside_open_interval(rho):
         antiphase_noise(gen(0), (1, 4, 2, 2), rho=rho)
 
 
-def test_make_noise_dispatch_and_errors():
-    shape = (2, 6, 4, 4)
-    assert set(NOISE_STRATEGIES) == {"iid", "freenoise", "glc_reinit", "antiphase"}
-    assert torch.equal(make_noise("iid", gen(5), shape), iid_noise(gen(5), shape))
-    assert torch.equal(make_noise("antiphase", gen(5), shape, rho=-0.2), antiphase_noise(gen(5), shape, -0.2))
-    with pytest.raises(ValueError, match="'bogus'.*iid"):
-        make_noise("bogus", gen(0), shape)
-    with pytest.raises(ValueError, match="sigma.*allowed: rho"):
-        make_noise("antiphase", gen(0), shape, sigma=1.0)
-    with pytest.raises(ValueError, match="window"):
-        make_noise("iid", gen(0), shape, window=4)
-    with pytest.raises(ValueError, match="missing.*stride"):
-        make_noise("freenoise", gen(0), shape, window=4)
+def test_noise_rejects_a_shape_that_is_not_a_latent():
     with pytest.raises(ValueError, match="shape"):
-        make_noise("iid", gen(0), (2, 6, 4))
+        iid_noise(gen(0), (2, 6, 4))

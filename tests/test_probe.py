@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from longvid_dist.methods.recipes import RecipeError, recipe_from_dict
-from longvid_dist.probe import LayerProbe, assign, probe
-from longvid_dist.sampling.planner import freeloc_profile
+from longvid_dist.sampling.rng import keyed_generator
+from longvid_dist.methods.probe import LayerProbe, assign, probe
+from longvid_dist.methods.freeloc import freeloc_profile
 
 
 def test_probe_cli_writes_a_valid_profile(tmp_path):
@@ -39,7 +40,7 @@ def test_probe_bad_input(tmp_path, args, flag):
 
 
 def test_probe_metrics_see_position_and_context(tiny_adapter):
-    prof = probe(tiny_adapter, 101, 64, 64, timesteps=(500,), queries=64)
+    prof = probe(tiny_adapter, 101, 64, 64, keyed_generator(0, "probe"), timesteps=(500,), queries=64)
     assert len(prof["metrics"]) == 2
     # a window that covers the whole video leaves attention unchanged: zero entropy change
     p = LayerProbe(queries=32, window=1000)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from longvid_dist.methods.refine import VMCRConfig, motion_loss, motion_loss_grad, motion_loss_terms, vmcr_step
+from longvid_dist.methods.refine import motion_loss, motion_loss_grad, motion_loss_terms, vmcr_step
 
 
 def rand(*shape, seed: int = 0) -> torch.Tensor:
@@ -96,17 +96,3 @@ def test_fp32_latents_stay_fp32():
     x0 = rand(2, 4, 4, 4).float()
     assert motion_loss_grad(x0).dtype == torch.float32
     assert vmcr_step(x0, x0).dtype == torch.float32
-
-
-def test_config_defaults_and_validation():
-    cfg = VMCRConfig()
-    assert (cfg.lam_f, cfg.lam_mse, cfg.lam_phase, cfg.omega) == (0.2, 0.001, 1.0, 2e-5)
-    x0 = rand(2, 5, 4, 4)
-    assert torch.equal(cfg.step(x0, x0), vmcr_step(x0, x0, omega=2e-5, **cfg.loss_params()))
-    for field in ("lam_f", "lam_mse", "lam_phase"):
-        VMCRConfig(**{field: 0.0})
-        with pytest.raises(ValueError, match=field):
-            VMCRConfig(**{field: -0.1})
-    for bad in (0.0, -1e-5, float("nan")):
-        with pytest.raises(ValueError, match="omega"):
-            VMCRConfig(omega=bad)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longvid_dist.methods.attention import banded_attention
+from longvid_dist.methods.lse_attention import banded_attention
 from longvid_dist.models.hooks import AttnContext, sdpa
 from longvid_dist.methods.spectral import (FreeSpecAttention, energy_rank, freespec_fuse,
                                            freespec_fuse_paths, subspace_distance, top_left_subspace,

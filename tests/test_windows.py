@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from longvid_dist.methods.merge import fuse_paths, glc_gamma, wls_merge
-from longvid_dist.methods.recipes import PROFILES, builtin_names, get_recipe
+from longvid_dist.methods.recipes import builtin_names, get_recipe
 from longvid_dist.methods.windows import (
+    PROFILES,
     Window,
-    coverage,
     dilated_windows,
     direct_windows,
     reflect_index,
@@ -26,6 +26,14 @@ from longvid_dist.methods.windows import (
 )
 from longvid_dist.sampling.planner import Planner
 from longvid_dist.sampling.rng import key_seed, keyed_generator, noise_generator
+
+def coverage(windows: list[Window], num_frames: int) -> np.ndarray:
+    """Total merge weight per latent frame (0 where no window covers the frame)."""
+    total = np.zeros(num_frames)
+    for w in windows:
+        np.add.at(total, np.asarray(w.frames), np.asarray(w.weights))
+    return total
+
 
 # (F latent frames, L window, S stride): F < L, F == L, F == L + 1, F a multiple of L,
 # stride 1, stride == L, odd sizes, a long video.

@@ -14,29 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
-
-
-def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_per_frame: int,
-                     band: int) -> torch.Tensor:
-    """Attention where a query of frame i sees only keys of frames j with ``|i - j| <= band``.
-
-    Computed one query frame at a time against its key band, so no ``S x S`` mask is built;
-    exactly equal (up to float summation order) to dense attention with the band mask.
-    """
-    b, s, h, d = q.shape
-    frames = s // tokens_per_frame
-    out = torch.empty_like(q)
-    for i in range(frames):
-        lo, hi = max(0, i - band), min(frames, i + band + 1)
-        qs = slice(i * tokens_per_frame, (i + 1) * tokens_per_frame)
-        ks = slice(lo * tokens_per_frame, hi * tokens_per_frame)
-        out[:, qs] = sdpa(q[:, qs], k[:, ks], v[:, ks])
-    return out
+from .lse_attention import banded_attention
+from .noise import lowpass_filter
+from .registry import CUTOFF, LAYERS, NUM, Param, num_range, register
 
 
 @dataclass
 class ABAM(AttentionPatch):
-    """GLC-Diffusion's anchor-based attention (paper 004, §3.2, Eq. 10).
+    """GLC-Diffusion's anchor-based attention (Ma et al., "GLC-Diffusion: Global-Local
+    Collaborative Diffusion for Long Video Generation", §3.2, Eq. 10).
 
     The first window of a path is its anchor; in every other window of that path,
     self-attention uses ``K = lam * K_orig + (1 - lam) * K_anchor`` and ``V`` likewise,
@@ -45,7 +31,9 @@ class ABAM(AttentionPatch):
     """
 
     lam: float = 0.1
+    """Weight of the window's own keys/values (1 = plain attention)."""
     layers: tuple[int, ...] | None = None
+    """Layers patched (None: all)."""
     name = "abam"
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
@@ -60,22 +48,10 @@ class ABAM(AttentionPatch):
         return sdpa(q, k, v)
 
 
-def gaussian_lowpass_3d(frames: int, height: int, width: int, d_s: float = 0.25, d_t: float = 0.25,
-                        device=None) -> torch.Tensor:
-    """FreeLong's / FreeInit's 3D Gaussian low-pass filter ``[F, h, w]`` on centred-free FFT
-    frequencies: ``H = exp(-1/(2 d_s^2) * ((f_t * d_s / d_t)^2 + f_h^2 + f_w^2))`` with each
-    frequency normalised to [-1, 1) (Nyquist = 1), so ``d_s``/``d_t`` are cut-offs as a
-    fraction of Nyquist (FreeInit's ``gaussian_low_pass_filter`` convention)."""
-    ft = 2 * torch.fft.fftfreq(frames, device=device).view(-1, 1, 1)
-    fh = 2 * torch.fft.fftfreq(height, device=device).view(1, -1, 1)
-    fw = 2 * torch.fft.fftfreq(width, device=device).view(1, 1, -1)
-    d2 = (ft * d_s / d_t) ** 2 + fh ** 2 + fw ** 2
-    return torch.exp(-d2 / (2 * d_s ** 2))
-
-
 @dataclass
 class SpectralBlend(AttentionPatch):
-    """FreeLong's SpectralBlend attention (Lu et al., NeurIPS 2024), for full 3D attention.
+    """FreeLong's SpectralBlend attention (Lu et al., NeurIPS 2024, "FreeLong: Training-Free
+    Long Video Generation with SpectralBlend Temporal Attention", §3.2), for full 3D attention.
 
     Global branch: attention over the whole window. Local branch: attention restricted to a
     temporal band ``|i - j| <= band`` frames. Output: low frequencies of the global branch and
@@ -85,10 +61,15 @@ class SpectralBlend(AttentionPatch):
     """
 
     band: int = 8
+    """Local branch: temporal band half-width in frames."""
     d_s: float = 0.25
+    """Spatial cut-off of the low-pass, as a fraction of Nyquist."""
     d_t: float = 0.25
+    """Temporal cut-off of the low-pass, as a fraction of Nyquist."""
     layers: tuple[int, ...] | None = None
+    """Layers patched (None: all)."""
     lowpass: float | None = None
+    """A constant filter instead of the Gaussian (checks only); None: the Gaussian."""
     name = "freelong"
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
@@ -101,7 +82,8 @@ class SpectralBlend(AttentionPatch):
         gg = g.float().reshape(b, f, h, w, nh * d)  # [B, S, H, D] -> [B, F, h, w, H*D]
         ll = loc.float().reshape(b, f, h, w, nh * d)
         if self.lowpass is None:
-            lp = gaussian_lowpass_3d(f, h, w, self.d_s, self.d_t, device=g.device).view(1, f, h, w, 1)
+            lp = lowpass_filter(f, h, w, "gaussian", self.d_s, self.d_t, dtype=torch.float32,
+                                device=g.device).view(1, f, h, w, 1)
         else:
             lp = torch.full((1, f, h, w, 1), float(self.lowpass), device=g.device)
         spec = torch.fft.fftn(gg, dim=(1, 2, 3)) * lp + torch.fft.fftn(ll, dim=(1, 2, 3)) * (1 - lp)
@@ -132,3 +114,18 @@ class LayerDispatch(AttentionPatch):
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
         return self.by_layer[ctx.layer].attend(q, k, v, ctx)
+
+
+def _abam_check(recipe, section) -> str | None:
+    if recipe.plan.kind == "direct":
+        return "attention abam needs several windows (plan sliding or glc), plan is direct"
+    return None
+
+
+register("attention", "abam", lambda params, model_info: ABAM(**params),
+         {"lam": Param(NUM, 0.1, "a number in [0, 1]", num_range(0, 1)), "layers": LAYERS},
+         requires=("attention_patches",), check=_abam_check, anchor_windows=True)
+register("attention", "freelong", lambda params, model_info: SpectralBlend(**params),
+         {"band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+          "d_s": CUTOFF, "d_t": CUTOFF, "layers": LAYERS},
+         requires=("attention_patches",))

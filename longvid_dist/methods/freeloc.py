@@ -1,20 +1,22 @@
 """FreeLOC (Tian et al., CVPR 2026; papers 001/003): VRPR, TSA and their per-layer dispatch.
 
 Pure tensor functions on ``[B, S, H, D]`` tensors (``S = frames * tokens_per_frame``,
-frame-major, ``grid = (frames, h, w)``) plus :class:`AttentionPatch` subclasses for the adapters.
+frame-major, ``grid = (frames, h, w)``) plus the :class:`FreeLOC` patch (recipe kind ``freeloc``).
+The generic log-sum-exp attention they build on is :mod:`.lse_attention`.
 
 * **VRPR** (video-based relative position re-encoding): temporal RoPE positions are re-encoded
   per band of frame distance, so that every (query, key) frame pair gets a relative temporal
   distance inside the trained range. Each band is one attention call with its own rotated
   q/k; the bands' partial attentions are merged exactly by their log-sum-exp
-  (:func:`lse_merge`), which equals one softmax over the union of the keys.
+  (:func:`~.lse_attention.lse_merge`), which equals one softmax over the union of the keys.
 * **TSA** (tiered sparse attention): dense attention within ``D1`` frames, "striped"
   attention (same in-frame token index up to ``Ds``) for ``D1 < d <= D2``, the first frame as an
   attention sink for every query, nothing else.
 * **Layer profile**: which layers get VRPR and which VRPR+TSA (:data:`WAN21_13B_PROFILE`,
-  or one written by ``longvid probe``).
+  the shipped ones in :data:`PROFILE_DIR`, or one written by ``longvid probe``).
+* **Length rule**: VRPR band parameters per window length (:func:`vrpr_params`).
 
-VRPR and VRPR+TSA patches set ``raw_qk = True``: the adapter passes unrotated q/k and a
+:class:`FreeLOC` sets ``raw_qk = True``: the adapter passes unrotated q/k and a
 ``ctx.rotate(x, frame_positions)`` callback that applies the model's full 3D RoPE with the
 given temporal position per frame (spatial positions unchanged).
 
@@ -33,16 +35,17 @@ Where this implementation departs from the public code (github.com/Westlake-AGI-
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
 
 import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
+from .lse_attention import Rotate, compiled_flex_attention, frame_sparse_attention
+from .registry import INT_OR_NULL, LAYERS, Param, register
 
-Rotate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``rotate(x [B, S, H, D], frame_positions LongTensor[F]) -> x rotated``."""
 
 # --------------------------------------------------------------------------------------
 # VRPR parameters and positions
@@ -268,195 +271,6 @@ def vrpr_is_monotone(frames: int, p: VRPRParams) -> bool:
     return bool((rel[:, :-1] >= rel[:, 1:])[(j + 1 <= i).expand(frames, -1)].all())
 
 
-# --------------------------------------------------------------------------------------
-# Attention with log-sum-exp and the exact merge
-# --------------------------------------------------------------------------------------
-
-_SCORE_BUDGET = 1 << 24
-"""Score elements per chunk of the explicit path (64 MiB in float32)."""
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _explicit_attention_with_lse(q, k, v, mask, scale, chunk=None):
-    b, sq, h, d = q.shape
-    sk = k.shape[1]
-    cdt = _compute_dtype(q.dtype)
-    qf = q.transpose(1, 2).to(cdt)  # [B, S, H, D] -> [B, H, S, D]
-    kf = k.transpose(1, 2).to(cdt)
-    vf = v.transpose(1, 2).to(cdt)
-    if mask is not None:
-        mask = mask.to(torch.bool)
-        mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))  # -> [B|1, H|1, Sq, Sk]
-    chunk = chunk or max(1, _SCORE_BUDGET // max(1, b * h * sk))
-    out = torch.empty(b, h, sq, v.shape[-1], dtype=cdt, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=cdt, device=q.device)
-    for q0 in range(0, sq, chunk):
-        q1 = min(sq, q0 + chunk)
-        s = qf[:, :, q0:q1] @ kf.transpose(-1, -2) * scale  # [B, H, c, Sk]
-        if mask is not None:
-            m = mask[..., q0:q1, :] if mask.shape[-2] > 1 else mask
-            s = s.masked_fill(~m, float("-inf"))
-        mx = s.amax(-1, keepdim=True)
-        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))  # rows with no visible key
-        p = torch.exp(s - mx)
-        den = p.sum(-1, keepdim=True)
-        out[:, :, q0:q1] = (p @ vf) / den.clamp_min(torch.finfo(cdt).tiny)  # 0 where den == 0
-        lse[:, :, q0:q1] = (mx + torch.log(den)).squeeze(-1)  # -inf where den == 0
-    return out.transpose(1, 2).to(q.dtype), lse  # [B, H, S, D] -> [B, S, H, D]
-
-
-def _fused_attention_with_lse(q, k, v, scale):
-    """A fused kernel that returns the log-sum-exp, or None where none applies."""
-    sq = q.shape[1]
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # -> [B, H, S, D]
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, scale=scale)
-        return out.transpose(1, 2), lse
-    if q.device.type == "cuda":  # untested here (no GPU in the test suite); falls back on error
-        try:
-            if q.dtype in (torch.float16, torch.bfloat16):
-                res = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, scale=scale)
-            else:
-                res = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True, scale=scale)
-            out, lse = res[0], res[1][..., :sq]  # efficient attention pads the lse to 32 rows
-            return out.transpose(1, 2), lse
-        except (RuntimeError, NotImplementedError):
-            return None
-    return None
-
-
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                       chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention ``softmax(q k^T / sqrt(D)) v`` and the log-sum-exp of its scores.
-
-    ``q`` ``[B, Sq, H, D]``, ``k``/``v`` ``[B, Sk, H, D]``; ``mask``: boolean, True = visible,
-    broadcastable to ``[B, H, Sq, Sk]`` (e.g. ``[Sq, Sk]``). Returns ``out [B, Sq, H, D]`` (q's
-    dtype) and ``lse [B, H, Sq]`` (float32, float64 for float64 inputs). A query that sees no
-    key gets ``out = 0`` and ``lse = -inf`` (never NaN).
-
-    Without a mask: ATen's fused kernel (``_scaled_dot_product_flash_attention_for_cpu`` on CPU,
-    which returns the lse as its second output; flash / memory-efficient attention on CUDA).
-    With a mask: an explicit computation chunked over queries, memory O(chunk * Sk).
-    """
-    b, sq, h, _ = q.shape
-    scale = q.shape[-1] ** -0.5
-    if k.shape[1] == 0 or sq == 0:
-        cdt = _compute_dtype(q.dtype)
-        return (q.new_zeros(b, sq, h, v.shape[-1]),
-                torch.full((b, h, sq), float("-inf"), dtype=cdt, device=q.device))
-    if mask is None:
-        res = _fused_attention_with_lse(q, k, v, scale)
-        if res is not None:
-            out, lse = res
-            return out, lse.to(_compute_dtype(q.dtype))
-    return _explicit_attention_with_lse(q, k, v, mask, scale, chunk)
-
-
-def lse_merge(outs: list[torch.Tensor], lses: list[torch.Tensor], return_lse: bool = False):
-    """Merge partial attentions over disjoint key sets into the attention over their union.
-
-    ``out = sum_b exp(lse_b - m) out_b / sum_b exp(lse_b - m)``, ``m = max_b lse_b``; exact.
-    ``outs``: ``[B, S, H, D]``; ``lses``: ``[B, H, S]``. Parts with ``lse = -inf`` (no visible
-    key) get weight 0; a query with no key in any part gets 0 (and lse -inf).
-    """
-    if len(outs) == 1:
-        return (outs[0], lses[0]) if return_lse else outs[0]
-    L = torch.stack([x.to(_compute_dtype(x.dtype)) for x in lses])  # [n, B, H, S]
-    m = L.amax(0)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(L - m)
-    den = w.sum(0)
-    w = (w / den.clamp_min(torch.finfo(w.dtype).tiny)).transpose(2, 3).unsqueeze(-1)  # [n, B, S, H, 1]
-    acc = None
-    for wb, ob in zip(w, outs):
-        term = torch.where(wb > 0, wb * ob.to(wb.dtype), torch.zeros((), dtype=wb.dtype, device=wb.device))
-        acc = term if acc is None else acc + term
-    out = acc.to(outs[0].dtype)
-    return (out, m + torch.log(den)) if return_lse else out
-
-
-# --------------------------------------------------------------------------------------
-# Frame-level sparse engine: per query frame, a set of full and striped key frames
-# --------------------------------------------------------------------------------------
-
-def _gather_frames(xf: torch.Tensor, frames: list[int]) -> torch.Tensor:
-    """Frames ``frames`` of ``xf [B, F, T, H, D]`` as ``[B, n*T, H, D]`` (a view when contiguous)."""
-    b, _, t, h, d = xf.shape
-    if frames == list(range(frames[0], frames[0] + len(frames))):
-        return xf[:, frames[0]:frames[0] + len(frames)].reshape(b, len(frames) * t, h, d)
-    return xf[:, frames].reshape(b, len(frames) * t, h, d)
-
-
-def _striped_attention_with_lse(qi: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, frames: list[int],
-                                ds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query frame ``qi [B, T, H, D]`` against key frames ``frames`` of ``kf [B, F, T, H, D]``
-    where token t sees token u of each key frame iff ``|t - u| <= ds``. Queries are chunked
-    and each chunk gathers only the key tokens within ``ds`` of it."""
-    b, t, h, d = qi.shape
-    n = len(frames)
-    kk, vv = kf[:, frames], vf[:, frames]  # [B, n, T, H, D]
-    c = min(t, max(2 * ds + 1, 32))
-    outs, lses = [], []
-    for t0 in range(0, t, c):
-        t1 = min(t, t0 + c)
-        u0, u1 = max(0, t0 - ds), min(t, t1 + ds)
-        qt = torch.arange(t0, t1, device=qi.device).view(-1, 1)
-        ku = torch.arange(u0, u1, device=qi.device).view(1, -1)
-        mask = ((qt - ku).abs() <= ds).repeat(1, n)  # [c, n * (u1 - u0)]
-        o, lse = attention_with_lse(qi[:, t0:t1], kk[:, :, u0:u1].reshape(b, n * (u1 - u0), h, d),
-                                    vv[:, :, u0:u1].reshape(b, n * (u1 - u0), h, vv.shape[-1]), mask)
-        outs.append(o)
-        lses.append(lse)
-    return torch.cat(outs, 1), torch.cat(lses, -1)
-
-
-def _frame_attention_with_lse(qi, kf, vf, full: list[int], striped: list[int], ds: int):
-    """One query frame against ``full`` key frames (every token) and ``striped`` ones."""
-    parts = []
-    if full:
-        parts.append(attention_with_lse(qi, _gather_frames(kf, full), _gather_frames(vf, full)))
-    if striped:
-        parts.append(_striped_attention_with_lse(qi, kf, vf, striped, ds))
-    if len(parts) == 1:
-        return parts[0]
-    return lse_merge([o for o, _ in parts], [x for _, x in parts], return_lse=True)
-
-
-def _band_attention(q, k, v, grid, bands, rotate: Rotate | None, ds: int = 0) -> torch.Tensor:
-    """Sum over bands (exactly, by LSE) of per-query-frame attentions.
-
-    ``bands``: list of ``(q_pos, k_pos, plan)``; ``plan(i) -> (full frames, striped frames)``
-    for query frame i. q/k are rotated with the band's positions (``rotate`` None: as given).
-    """
-    f, hh, ww = grid
-    tpf = hh * ww
-    b, s, h, d = q.shape
-    if s != f * tpf:
-        raise ValueError(f"sequence length {s} does not match grid {tuple(grid)}")
-    cdt = _compute_dtype(q.dtype)
-    acc = None
-    for q_pos, k_pos, plan in bands:
-        plans = [plan(i) for i in range(f)]
-        if not any(fl or st for fl, st in plans):
-            continue
-        qr = rotate(q, q_pos.to(q.device)) if rotate is not None else q
-        kr = rotate(k, k_pos.to(k.device)) if rotate is not None else k
-        qf = qr.reshape(b, f, tpf, h, d)
-        kf = kr.reshape(b, f, tpf, h, d)
-        vf = v.reshape(b, f, tpf, h, v.shape[-1])
-        out = q.new_zeros(b, s, h, v.shape[-1], dtype=v.dtype)
-        lse = torch.full((b, h, s), float("-inf"), dtype=cdt, device=q.device)
-        for i, (fl, st) in enumerate(plans):
-            if fl or st:
-                o, l_ = _frame_attention_with_lse(qf[:, i], kf, vf, fl, st, ds)
-                out[:, i * tpf:(i + 1) * tpf] = o
-                lse[:, :, i * tpf:(i + 1) * tpf] = l_
-        acc = (out, lse) if acc is None else lse_merge([acc[0], out], [acc[1], lse], return_lse=True)
-    return acc[0]
-
 
 # --------------------------------------------------------------------------------------
 # VRPR
@@ -488,7 +302,7 @@ def vrpr_attention(q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor, gr
             return (list(range(lo, hi + 1)), [])
         return plan
 
-    return _band_attention(q_raw, k_raw, v, grid, [(*pos[bd], plan_for(bd)) for bd in BANDS], rotate)
+    return frame_sparse_attention(q_raw, k_raw, v, grid, [(*pos[bd], plan_for(bd)) for bd in BANDS], rotate)
 
 
 # --------------------------------------------------------------------------------------
@@ -557,7 +371,7 @@ def tsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, D1: i
     f = grid[0]
     ds = _resolve_ds(grid, D1, D2, Ds)
     pos = torch.arange(f)
-    return _band_attention(q, k, v, grid, [(pos, pos, lambda i: _tsa_plan(i, f, D1, D2))], None, ds)
+    return frame_sparse_attention(q, k, v, grid, [(pos, pos, lambda i: _tsa_plan(i, f, D1, D2))], None, ds)
 
 
 @functools.lru_cache(maxsize=32)
@@ -575,13 +389,6 @@ def _tsa_block_mask(grid: tuple[int, int, int], D1: int, D2: int, ds: int, devic
         return (d <= D1) | ((d <= D2) & stripe) | (fk == 0)
 
     return create_block_mask(mask_mod, None, None, s, s, device=device)
-
-
-@functools.lru_cache(maxsize=1)
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
 
 
 def tsa_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, D1: int = 8, D2: int = 24,
@@ -602,7 +409,7 @@ def tsa_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, 
     bm = _tsa_block_mask(tuple(int(x) for x in grid), int(D1), int(D2), ds,
                          str(dev) if dev.type != "cuda" else f"cuda:{dev.index or 0}")
     use_compile = (dev.type == "cuda") if compile is None else compile
-    fn = _compiled_flex() if use_compile else flex_attention
+    fn = compiled_flex_attention() if use_compile else flex_attention
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # -> [B, H, S, D]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
@@ -634,16 +441,6 @@ def tsa_density(grid, D1: int = 8, D2: int = 24, Ds: int | None = None) -> dict[
     return {"dense": dense, "striped": striped, "sink": sink, "total": dense + striped + sink}
 
 
-def tsa_flops(grid, D1: int = 8, D2: int = 24, Ds: int | None = None, heads: int = 1,
-              head_dim: int = 128) -> dict[str, float]:
-    """Attention FLOPs (``q k^T`` and ``p v``: ``4 * pairs * head_dim * heads``) of TSA and of
-    dense attention, and their ratio (= the total density)."""
-    s = grid[0] * grid[1] * grid[2]
-    dense = 4.0 * s * s * head_dim * heads
-    frac = tsa_density(grid, D1, D2, Ds)["total"]
-    return {"tsa": dense * frac, "dense": dense, "ratio": frac}
-
-
 # --------------------------------------------------------------------------------------
 # VRPR + TSA
 # --------------------------------------------------------------------------------------
@@ -667,7 +464,7 @@ def vrpr_tsa_attention(q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor
         return plan
 
     bands = [(*pos[bd], plan_for(bd)) for bd in BANDS]
-    return _band_attention(q_raw, k_raw, v, grid, bands, rotate, ds)
+    return frame_sparse_attention(q_raw, k_raw, v, grid, bands, rotate, ds)
 
 
 # --------------------------------------------------------------------------------------
@@ -679,40 +476,6 @@ def _need_rotate(ctx: AttnContext) -> Rotate:
     if rotate is None:
         raise RuntimeError("FreeLOC patches need ctx.rotate (the adapter's RoPE with per-frame temporal positions)")
     return rotate
-
-
-@dataclass
-class VRPR(AttentionPatch):
-    """FreeLOC's VRPR on full attention (:func:`vrpr_attention`). ``params`` None: chosen per
-    window length by :func:`vrpr_params`."""
-
-    params: VRPRParams | None = None
-    layers: tuple[int, ...] | None = None
-    name = "vrpr"
-    raw_qk = True
-
-    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
-        p = self.params or vrpr_params(ctx.grid[0])
-        return vrpr_attention(q, k, v, ctx.grid, _need_rotate(ctx), p)
-
-
-@dataclass
-class VRPRTSA(AttentionPatch):
-    """FreeLOC's VRPR + TSA (:func:`vrpr_tsa_attention`): TSA picks the visible keys, VRPR
-    re-encodes their positions. Defaults D1 = 8, D2 = 24 (public config), ``Ds`` None =
-    :func:`tsa_default_ds`."""
-
-    params: VRPRParams | None = None
-    D1: int = 8
-    D2: int = 24
-    Ds: int | None = None
-    layers: tuple[int, ...] | None = None
-    name = "vrpr_tsa"
-    raw_qk = True
-
-    def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
-        p = self.params or vrpr_params(ctx.grid[0])
-        return vrpr_tsa_attention(q, k, v, ctx.grid, _need_rotate(ctx), p, self.D1, self.D2, self.Ds)
 
 
 WAN21_13B_TSA_LAYERS = (0, 1, 4, 6, 7, 9, 10, 11, 13, 14, 15, 16, 18, 22, 23, 24, 25)
@@ -737,11 +500,17 @@ class FreeLOC(AttentionPatch):
     of the window length."""
 
     profile: dict = field(default_factory=lambda: dict(WAN21_13B_PROFILE))
+    """layer -> mode (:data:`MODES`)."""
     params: VRPRParams | None = None
+    """Band parameters (None: :func:`vrpr_params` of the window length)."""
     D1: int = 8
+    """TSA dense tier: frame distance ``<= D1``."""
     D2: int = 24
+    """TSA striped tier: ``D1 < d <= D2``."""
     Ds: int | None = None
+    """TSA stripe half-width in in-frame tokens (None: :func:`tsa_default_ds`)."""
     layers: tuple[int, ...] | None = None
+    """Layers patched (None: all)."""
     name = "freeloc"
     raw_qk = True
 
@@ -765,3 +534,60 @@ class FreeLOC(AttentionPatch):
         if mode == "tsa":
             return tsa_attention(qr, kr, v, ctx.grid, self.D1, self.D2, self.Ds)
         return sdpa(qr, kr, v)
+
+
+# --------------------------------------------------------------------------------------
+# Layer profiles and the recipe kind
+# --------------------------------------------------------------------------------------
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+"""Shipped ``longvid probe`` profiles, one JSON per architecture."""
+
+
+def freeloc_profile(path: str | None, model_info: dict) -> dict:
+    """A FreeLOC layer profile: the given ``longvid probe`` JSON, else the one shipped for this
+    architecture (matched on layer count and width), e.g. the published Wan2.1-1.3B one."""
+    if path:
+        data = json.loads(open(path).read())
+    else:
+        for f in sorted(PROFILE_DIR.glob("*.json")):
+            data = json.loads(f.read_text())
+            if (data.get("num_layers"), data.get("dim")) == (model_info.get("num_layers"), model_info.get("dim")):
+                break
+        else:
+            raise ValueError(f"no FreeLOC profile ships for a {model_info.get('num_layers')}-layer, "
+                             f"{model_info.get('dim')}-wide model; run `longvid probe` and set attention.profile")
+    if data.get("num_layers") not in (None, model_info.get("num_layers")):
+        raise ValueError(f"FreeLOC profile {path!r} is for {data['num_layers']} layers, the model has "
+                         f"{model_info.get('num_layers')}")
+    return data["layers"]
+
+
+def freeloc_patch(params: dict, model_info: dict) -> FreeLOC:
+    """The FreeLOC patch of a recipe's ``attention: {kind: freeloc, ...}`` section."""
+    profile = freeloc_profile(params.get("profile"), model_info)
+    if params.get("layers") is not None:  # composed with other patches: only these layers
+        profile = {k: v for k, v in profile.items() if int(k) in params["layers"]}
+    w = {k: params.get(k) for k in ("W1", "W2", "G1", "G2", "clip")}
+    vrpr = None
+    if w["W1"] is not None or w["W2"] is not None:
+        if w["W1"] is None or w["W2"] is None:
+            raise ValueError("freeloc: set both W1 and W2 (or neither, for the length rule)")
+        vrpr = VRPRParams(w["W1"], w["W2"], w["G1"] or 2, w["G2"] or 8, w["clip"] or 20)
+    patch = FreeLOC(profile=profile, params=vrpr, D1=params["D1"], D2=params["D2"], Ds=params["Ds"])
+    if params.get("layers") is not None:
+        patch.layers = tuple(params["layers"])
+    return patch
+
+
+_OPT_POS = Param(INT_OR_NULL, None, "null (the length rule) or a positive integer", lambda v: v >= 1)
+
+register("attention", "freeloc", freeloc_patch, {
+    "profile": Param((str, type(None)), None, "null (the model's shipped profile) or a path to "
+                     "a `longvid probe` JSON", lambda v: bool(v)),
+    "W1": _OPT_POS, "W2": _OPT_POS, "G1": _OPT_POS, "G2": _OPT_POS, "clip": _OPT_POS,
+    "D1": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+    "D2": Param((int,), 24, "a positive integer (frames)", lambda v: v >= 1),
+    "Ds": Param(INT_OR_NULL, None, "null (the paper's stripe width) or an integer >= 0", lambda v: v >= 0),
+    "layers": LAYERS,
+}, requires=("attention_patches", "temporal_rope"))

@@ -12,11 +12,12 @@ DC in units of the cutoffs, so ``d = 1`` on the cutoff ellipsoid.
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
+
+from .registry import CUTOFF, INT_OR_NULL, NUM, Param, num_range, register
 
 FILTERS = ("gaussian", "butterworth", "ideal")
 
@@ -65,15 +66,19 @@ def freenoise_noise(generator: torch.Generator, shape: Sequence[int], window: in
 
 
 def lowpass_filter(f: int, h: int, w: int, kind: str = "gaussian", d_s: float = 0.25,
-                   d_t: float = 0.25, order: int = 4) -> torch.Tensor:
+                   d_t: float = 0.25, order: int = 4, dtype: torch.dtype = torch.float64,
+                   device=None) -> torch.Tensor:
     """Spatio-temporal low-pass filter ``H`` ``[F, h, w]`` in unshifted DFT order (FreeInit's
-    filters, as used by GLC Eq. 11 and FreeLong's SpectralBlend).
+    filters, Wu et al. 2023, "FreeInit: Bridging Initialization Gap in Video Diffusion Models",
+    §4; used by GLC Eq. 11 and FreeLong's SpectralBlend).
 
     With ``d`` the distance to DC in units of the cutoffs (see the module docstring):
     ``gaussian`` ``H = exp(-d^2 / 2)`` (0.61 at the cutoff), ``butterworth``
     ``H = 1 / (1 + d^(2 * order))`` (0.5 at the cutoff), ``ideal`` ``H = 1[d <= 1]``.
     ``H`` is in [0, 1], 1 at DC, non-increasing in ``|f|`` along every axis, and even
     (``H(f) = H(-f)``), so it maps the FFT of a real field to the FFT of a real field.
+    Computed in ``dtype`` on ``device`` (the noise uses float64 on the CPU; SpectralBlend float32
+    next to its features), returned as float32.
     """
     if kind not in FILTERS:
         raise ValueError(f"unknown filter kind {kind!r}: use one of {', '.join(FILTERS)}")
@@ -81,14 +86,15 @@ def lowpass_filter(f: int, h: int, w: int, kind: str = "gaussian", d_s: float = 
         raise ValueError(f"cutoffs d_s and d_t must be > 0, got d_s={d_s}, d_t={d_t}")
     if int(order) != order or order < 1:
         raise ValueError(f"butterworth order must be a positive integer, got {order}")
-    ft, fh, fw = (2 * torch.fft.fftfreq(n, dtype=torch.float64) for n in (f, h, w))  # in [-1, 1)
-    d2 = ((ft / d_t) ** 2).view(-1, 1, 1) + ((fh / d_s) ** 2).view(1, -1, 1) + ((fw / d_s) ** 2).view(1, 1, -1)
+    ft, fh, fw = (2 * torch.fft.fftfreq(n, dtype=dtype, device=device) for n in (f, h, w))  # in [-1, 1)
+    # d^2 * d_s^2, the temporal axis rescaled to the spatial cut-off: [F, 1, 1] + [1, h, 1] + [1, 1, w]
+    d2s = ((ft * d_s / d_t) ** 2).view(-1, 1, 1) + (fh ** 2).view(1, -1, 1) + (fw ** 2).view(1, 1, -1)
     if kind == "gaussian":
-        filt = torch.exp(-d2 / 2)
+        filt = torch.exp(-d2s / (2 * d_s ** 2))
     elif kind == "butterworth":
-        filt = 1 / (1 + d2 ** int(order))
+        filt = 1 / (1 + (d2s / d_s ** 2) ** int(order))
     else:
-        filt = (d2 <= 1).double()
+        filt = (d2s / d_s ** 2 <= 1).to(dtype)
     return filt.float()
 
 
@@ -153,35 +159,33 @@ def antiphase_noise(generator: torch.Generator, shape: Sequence[int], rho: float
     return z
 
 
-NOISE_STRATEGIES: dict[str, Callable[..., torch.Tensor]] = {
-    "iid": iid_noise,
-    "freenoise": freenoise_noise,
-    "glc_reinit": glc_reinit_noise,
-    "antiphase": antiphase_noise,
-}
-"""Strategy name -> ``(generator, shape, **params) -> [C, F, h, w]`` fp32 noise. Params:
-``iid`` none; ``freenoise`` ``window``, ``stride`` (latent frames, required);
-``glc_reinit`` ``window``, ``stride`` (required), ``kind``, ``d_s``, ``d_t``, ``order``,
-``normalize``; ``antiphase`` ``rho`` (default -0.3)."""
+def _window_stride(params: dict, ctx) -> tuple[int, int]:
+    """A noise section's ``window`` (null: the native clip, at most the video) and ``stride``
+    (null: a quarter window, FreeNoise's 16/4)."""
+    window = min(params["window"] or ctx.native_window, ctx.num_frames)
+    return window, params["stride"] or max(window // 4, 1)
 
 
-def strategy_params(name: str) -> dict[str, object]:
-    """Parameters of strategy ``name``: name -> default (``inspect.Parameter.empty`` if required)."""
-    if name not in NOISE_STRATEGIES:
-        raise ValueError(f"unknown noise strategy {name!r}: use one of {', '.join(NOISE_STRATEGIES)}")
-    params = list(inspect.signature(NOISE_STRATEGIES[name]).parameters.values())[2:]  # after generator, shape
-    return {p.name: p.default for p in params}
+def _shape_of(ctx) -> tuple[int, ...]:
+    return ctx.space.latent_shape(ctx.frames, ctx.height, ctx.width)
 
 
-def make_noise(name: str, generator: torch.Generator, shape: Sequence[int], **params) -> torch.Tensor:
-    """Initial noise of strategy ``name`` (see :data:`NOISE_STRATEGIES`); raises ``ValueError``
-    naming an unknown strategy, unknown params or missing required params."""
-    allowed = strategy_params(name)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"noise strategy {name!r}: unknown params {', '.join(unknown)}; "
-                         f"allowed: {', '.join(allowed) or 'none'}")
-    missing = [k for k, v in allowed.items() if v is inspect.Parameter.empty and k not in params]
-    if missing:
-        raise ValueError(f"noise strategy {name!r}: missing required params {', '.join(missing)}")
-    return NOISE_STRATEGIES[name](generator, shape, **params)
+_QUARTER_STRIDE = Param(INT_OR_NULL, None, "a positive integer or null for a quarter window", lambda v: v >= 1)
+_WINDOW = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for the model's native clip",
+                lambda v: v >= 1)
+
+register("noise", "iid", lambda params, ctx: ctx.space.init_noise(ctx.generator, ctx.frames, ctx.height, ctx.width))
+register("noise", "freenoise",
+         lambda params, ctx: freenoise_noise(ctx.keyed("noise", None), _shape_of(ctx), *_window_stride(params, ctx)),
+         {"window": _WINDOW, "stride": _QUARTER_STRIDE})
+register("noise", "glc_reinit",
+         lambda params, ctx: glc_reinit_noise(ctx.keyed("noise", None), _shape_of(ctx), *_window_stride(params, ctx),
+                                              kind=params["filter"], d_s=params["d_s"], d_t=params["d_t"],
+                                              order=params["order"]),
+         {"window": _WINDOW, "stride": _QUARTER_STRIDE,
+          "filter": Param((str,), "gaussian", "gaussian or butterworth", lambda v: v in ("gaussian", "butterworth")),
+          "d_s": CUTOFF, "d_t": CUTOFF,
+          "order": Param((int,), 4, "a positive integer (Butterworth order)", lambda v: v >= 1)})
+register("noise", "antiphase",
+         lambda params, ctx: antiphase_noise(ctx.keyed("noise", None), _shape_of(ctx), rho=params["rho"]),
+         {"rho": Param(NUM, -0.3, "a number in (-1, 0)", num_range(-1, 0, True, True))})

@@ -2,125 +2,50 @@
 
 A recipe has five sections, each a ``kind`` plus parameters:
 
-- ``plan``: which windows each step denoises and how they merge (direct, sliding, glc);
-- ``noise``: the initial noise (iid, freenoise, glc_reinit, antiphase);
-- ``attention``: a self-attention patch (none, abam, freelong, freespec, freeloc), or a list
-  of patches on disjoint ``layers``;
-- ``rope``: a temporal RoPE change (none, riflex);
-- ``refine``: a latent refinement after each step (none, vmcr).
+- ``plan``: which windows each step denoises and how they merge (e.g. direct, sliding, glc);
+- ``noise``: the initial noise (e.g. iid, freenoise, glc_reinit, antiphase);
+- ``attention``: a self-attention patch (e.g. none, abam, freelong, freespec, freeloc), or a
+  list of patches on disjoint ``layers``;
+- ``rope``: a temporal RoPE change (e.g. none, riflex);
+- ``refine``: a latent refinement after each step (e.g. none, vmcr).
 
 Built-in recipes are YAML files shipped in ``longvid_dist/recipes``; ``--recipe path.yaml``
-loads a user's file with the same rules. :data:`SCHEMA` is the single source of every
-parameter's type, default and allowed range; validation names the offending key. Importing
-this module does not import torch, so specs are validated before anything heavy loads.
+loads a user's file with the same rules. Each kind, its parameters (type, default, allowed
+range), the model capabilities it needs and its conflicts with other sections are registered
+next to the method (:mod:`.registry`); :data:`SCHEMA` is a view of them. Validation names the
+offending key. Validating a recipe imports the method modules, and so torch.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
-PROFILES = ("uniform", "pyramid", "triangular", "gaussian")
+from . import registry
+from .registry import SECTION_DEFAULTS, SECTIONS, Param  # noqa: F401  (Param: re-exported)
+
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-@dataclass(frozen=True)
-class Param:
-    """One recipe parameter."""
+class _Schema(Mapping):
+    """section -> kind -> {param: :class:`Param`}, read from the registry on each access (so
+    kinds registered later show up)."""
 
-    type: tuple
-    """Allowed Python types (``type(None)`` admits null = "the model's default")."""
-    default: Any
-    """Value when the recipe omits it."""
-    allowed: str
-    """Human description of allowed values, used in error messages and listings."""
-    check: Callable[[Any], bool] = lambda v: True
-    """Range check on a non-null value."""
+    def __getitem__(self, section):
+        if section not in SECTIONS:
+            raise KeyError(section)
+        return {n: k.params for n, k in registry.kinds(section).items()}
 
+    def __iter__(self):
+        return iter(SECTIONS)
 
-def _num(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
-    def ok(v):
-        return math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    return ok
+    def __len__(self):
+        return len(SECTIONS)
 
 
-_INT_OR_NULL = (int, type(None))
-_NUM = (int, float)
-_WINDOW = Param(_INT_OR_NULL, None, "a positive integer (latent frames) or null for the model's native clip",
-                lambda v: v >= 1)
-_STRIDE = Param(_INT_OR_NULL, None, "a positive integer (latent frames) or null for half the window",
-                lambda v: v >= 1)
-_PROFILE = Param((str,), "uniform", f"one of {', '.join(PROFILES)}", lambda v: v in PROFILES)
-_LAYERS = Param((list, type(None)), None, "null (all layers) or a list of layer indices",
-                lambda v: all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v))
-_CUTOFF = Param(_NUM, 0.25, "a number in (0, 1]", _num(0, 1, lo_open=True))
-_OPT_POS = Param(_INT_OR_NULL, None, "null (the length rule) or a positive integer", lambda v: v >= 1)
-
-SCHEMA: dict[str, dict[str, dict[str, Param]]] = {
-    "plan": {
-        "direct": {},
-        "sliding": {"window": _WINDOW, "stride": _STRIDE, "profile": _PROFILE},
-        "glc": {
-            "window": _WINDOW, "stride": _STRIDE, "profile": _PROFILE,
-            "paths": Param((str,), "both", "both, global or local", lambda v: v in ("both", "global", "local")),
-            "gamma0": Param(_NUM, 0.005, "a number in [0, 1]", _num(0, 1)),
-            "beta": Param(_NUM, 0.0005, "a number >= 0", _num(0)),
-            "fusion": Param((str,), "gamma", "gamma (GLC Eq. 9) or freespec (spectral, at the coordinator)",
-                            lambda v: v in ("gamma", "freespec")),
-            "tau": Param(_NUM, 0.9, "a number in [0, 1] (FreeSpec energy fraction)", _num(0, 1)),
-        },
-    },
-    "noise": {
-        "iid": {},
-        "freenoise": {"window": _WINDOW,
-                      "stride": Param(_INT_OR_NULL, None, "a positive integer or null for a quarter window",
-                                      lambda v: v >= 1)},
-        "glc_reinit": {
-            "window": _WINDOW,
-            "stride": Param(_INT_OR_NULL, None, "a positive integer or null for a quarter window",
-                            lambda v: v >= 1),
-            "filter": Param((str,), "gaussian", "gaussian or butterworth", lambda v: v in ("gaussian", "butterworth")),
-            "d_s": _CUTOFF, "d_t": _CUTOFF,
-            "order": Param((int,), 4, "a positive integer (Butterworth order)", lambda v: v >= 1),
-        },
-        "antiphase": {"rho": Param(_NUM, -0.3, "a number in (-1, 0)", _num(-1, 0, True, True))},
-    },
-    "attention": {
-        "none": {},
-        "abam": {"lam": Param(_NUM, 0.1, "a number in [0, 1]", _num(0, 1)), "layers": _LAYERS},
-        "freelong": {"band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
-                     "d_s": _CUTOFF, "d_t": _CUTOFF, "layers": _LAYERS},
-        "freespec": {"tau": Param(_NUM, 0.9, "a number in [0, 1]", _num(0, 1)),
-                     "k": Param(_INT_OR_NULL, None, "null (from tau) or a rank >= 0", lambda v: v >= 0),
-                     "band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
-                     "method": Param((str,), "gram", "gram or randomized", lambda v: v in ("gram", "randomized")),
-                     "layers": _LAYERS},
-        "freeloc": {"profile": Param((str, type(None)), None, "null (the model's shipped profile) or a path to "
-                                     "a `longvid probe` JSON", lambda v: bool(v)),
-                    "W1": _OPT_POS, "W2": _OPT_POS, "G1": _OPT_POS, "G2": _OPT_POS, "clip": _OPT_POS,
-                    "D1": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
-                    "D2": Param((int,), 24, "a positive integer (frames)", lambda v: v >= 1),
-                    "Ds": Param(_INT_OR_NULL, None, "null (the paper's stripe width) or an integer >= 0",
-                                lambda v: v >= 0),
-                    "layers": _LAYERS},
-    },
-    "rope": {
-        "none": {},
-        "riflex": {"k": Param(_INT_OR_NULL, None, "null (the paper's rule) or a frequency index >= 0",
-                              lambda v: v >= 0),
-                   "factor": Param(_NUM, 0.9, "a number in (0, 1]", _num(0, 1, lo_open=True))},
-    },
-    "refine": {
-        "none": {},
-        "vmcr": {"lam_f": Param(_NUM, 0.2, "a number >= 0", _num(0)),
-                 "lam_mse": Param(_NUM, 0.001, "a number >= 0", _num(0)),
-                 "lam_phase": Param(_NUM, 1.0, "a number >= 0", _num(0)),
-                 "omega": Param(_NUM, 2e-5, "a number > 0", _num(0, lo_open=True))},
-    },
-}
-SECTION_DEFAULTS = {"plan": "direct", "noise": "iid", "attention": "none", "rope": "none", "refine": "none"}
+SCHEMA: Mapping[str, dict[str, dict[str, Param]]] = _Schema()
+"""Every parameter's type, default and allowed range, per section and kind (from the registry)."""
 
 
 class RecipeError(ValueError):
@@ -176,6 +101,19 @@ class Recipe:
         """The attention section as a tuple of patches (empty for none)."""
         a = self.attention
         return a.params["patches"] if a.kind == "composite" else (() if a.kind == "none" else (a,))
+
+    def requires(self) -> frozenset[str]:
+        """Model capabilities this recipe needs (union over its sections' kinds)."""
+        need: set[str] = set()
+        for sec in SECTIONS:
+            for part in self._parts(sec):
+                need |= registry.get(sec, part.kind).requires
+        return frozenset(need)
+
+    def _parts(self, sec: str) -> tuple[Section, ...]:
+        """The section as registered kinds (an attention list as its patches)."""
+        s = getattr(self, sec)
+        return s.params["patches"] if s.kind == "composite" else (s,)
 
     def with_overrides(self, window: int | None = None, stride: int | None = None) -> "Recipe":
         """The recipe with the plan's window/stride replaced where given (CLI flags)."""
@@ -258,20 +196,13 @@ def recipe_from_dict(d: dict, name: str | None = None) -> Recipe:
 
 
 def _check_conflicts(r: Recipe) -> None:
-    plan = r.plan
-    kinds = {p.kind for p in r.attention_patches()}
-    if "abam" in kinds and plan.kind == "direct":
-        raise RecipeError(f"recipe {r.name!r}: attention abam needs several windows (plan sliding or glc), "
-                          f"plan is direct")
-    if r.rope.kind == "riflex" and plan.kind != "direct":
-        raise RecipeError(f"recipe {r.name!r}: rope riflex extrapolates one window over the whole video and "
-                          f"needs plan direct, plan is {plan.kind}")
-    if plan.params.get("fusion") == "freespec" and plan.params.get("paths") != "both":
-        raise RecipeError(f"recipe {r.name!r}: plan.fusion: freespec fuses the global and local paths and "
-                          f"needs paths: both")
-    w, s = plan.params.get("window"), plan.params.get("stride")
-    if w and s and s > w:
-        raise RecipeError(f"recipe {r.name!r}: plan.stride: {s} exceeds plan.window {w}")
+    """Each kind's registered check against the rest of the recipe (e.g. ABAM needs windows)."""
+    for sec in SECTIONS:
+        for part in r._parts(sec):
+            check = registry.get(sec, part.kind).check
+            msg = check(r, part) if check else None
+            if msg:
+                raise RecipeError(f"recipe {r.name!r}: {msg}")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -291,12 +222,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def builtin_names() -> list[str]:
-    """Names of the recipes shipped with the package, in listing order."""
-    order = ["direct", "sliding", "freenoise", "freelong", "riflex", "glc",
-             "glc-no-global", "glc-no-local", "glc-no-reinit", "glc-no-vmcr", "freespec", "freespec-attn",
-             "freeloc"]
-    found = {p.stem for p in RECIPE_DIR.glob("*.yaml")}
-    return [n for n in order if n in found] + sorted(found - set(order))
+    """Names of the recipes shipped with the package: ``direct`` (the stock pipeline) first,
+    then by name."""
+    return sorted((p.stem for p in RECIPE_DIR.glob("*.yaml")), key=lambda n: (n != "direct", n))
 
 
 def get_recipe(name: str) -> Recipe:

@@ -1,6 +1,7 @@
 """Latent refinement: GLC-Diffusion's Video Motion Consistency Refinement (VMCR).
 
-VMCR (paper 004, §3.4, Eq. 12-15; METHODS.md §4) aligns consecutive motion vectors of the
+VMCR (Ma et al., "GLC-Diffusion: Global-Local Collaborative Diffusion for Long Video
+Generation", §3.4, Eq. 12-15; METHODS.md §4) aligns consecutive motion vectors of the
 predicted clean latent ``x0`` ``[C, F, h, w]`` with a pixel loss (cosine + MSE) and a
 frequency loss (2D-FFT amplitude + phase), and takes one gradient step on ``z_{t-1}``. The
 gradient is derived by hand (:func:`motion_loss_grad`), so no autograd graph is built and
@@ -13,10 +14,9 @@ Reductions follow the paper's norms: sums over frame pairs and over every elemen
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
+
+from .registry import NUM, Param, num_range, register
 
 _EPS = 1e-12
 """Smoothing of norms and of ``|X|^2`` (see :func:`motion_loss_terms`, :func:`motion_loss_grad`)."""
@@ -140,31 +140,14 @@ def vmcr_step(z_prev: torch.Tensor, x0: torch.Tensor, omega: float = 2e-5, lam_f
     return z_prev - omega * grad.to(z_prev.dtype)
 
 
-@dataclass(frozen=True)
-class VMCRConfig:
-    """VMCR hyper-parameters; defaults from GLC-Diffusion's appendix (paper 004, §7)."""
+def _vmcr(params: dict, ctx) -> torch.Tensor:
+    x0 = ctx.space.predict_x0(ctx.latent, ctx.merged, ctx.scheduler, ctx.step)
+    return vmcr_step(ctx.latent_next, x0, **params)
 
-    lam_f: float = 0.2
-    """Weight of the frequency loss in ``l = l_pixel + lam_f * l_freq`` (>= 0)."""
-    lam_mse: float = 0.001
-    """Weight of the squared L2 motion difference next to the cosine term (>= 0)."""
-    lam_phase: float = 1.0
-    """Weight of the phase loss next to the amplitude loss (>= 0)."""
-    omega: float = 2e-5
-    """Gradient step size ``omega_motion`` (> 0)."""
 
-    def __post_init__(self):
-        for name in ("lam_f", "lam_mse", "lam_phase"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"VMCR {name} must be a finite number >= 0, got {v!r}")
-        if not (isinstance(self.omega, (int, float)) and math.isfinite(self.omega) and self.omega > 0):
-            raise ValueError(f"VMCR omega must be a finite number > 0, got {self.omega!r}")
-
-    def loss_params(self) -> dict[str, float]:
-        """The loss weights, as keyword arguments of :func:`motion_loss` / :func:`vmcr_step`."""
-        return {"lam_f": self.lam_f, "lam_mse": self.lam_mse, "lam_phase": self.lam_phase}
-
-    def step(self, z_prev: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """:func:`vmcr_step` with this config."""
-        return vmcr_step(z_prev, x0, omega=self.omega, **self.loss_params())
+register("refine", "vmcr", _vmcr, {
+    "lam_f": Param(NUM, 0.2, "a number >= 0", num_range(0)),
+    "lam_mse": Param(NUM, 0.001, "a number >= 0", num_range(0)),
+    "lam_phase": Param(NUM, 1.0, "a number >= 0", num_range(0)),
+    "omega": Param(NUM, 2e-5, "a number > 0", num_range(0, lo_open=True)),
+})

@@ -31,6 +31,7 @@ import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
 from .attention import banded_attention
+from .registry import INT_OR_NULL, LAYERS, NUM, Param, num_range, register
 
 METHODS = ("gram", "randomized", "exact")
 """Ways to get a singular subspace: Gram-matrix eigh, randomized range finder, full SVD."""
@@ -286,11 +287,17 @@ class FreeSpecAttention(AttentionPatch):
     """
 
     tau: float = 0.9
+    """Spectral energy fraction the global branch's subspace holds (picks k)."""
     band: int = 8
+    """Local branch: temporal band half-width in frames."""
     layers: tuple[int, ...] | None = None
+    """Layers patched (None: all)."""
     method: str = "gram"
+    """How the subspace is found: ``gram``, ``randomized`` or ``exact`` (:data:`METHODS`)."""
     k: int | None = None
+    """A fixed rank instead of ``tau`` (None: from ``tau``)."""
     seed: int = 0
+    """Seed of the randomized range finder."""
     name = "freespec"
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
@@ -306,3 +313,12 @@ class FreeSpecAttention(AttentionPatch):
                                   self.tau, self.k, self.method, self.seed)
             out[i] = fused.reshape(s, nh, d).to(g.dtype)
         return out
+
+
+register("attention", "freespec", lambda params, model_info: FreeSpecAttention(**params),
+         {"tau": Param(NUM, 0.9, "a number in [0, 1]", num_range(0, 1)),
+          "k": Param(INT_OR_NULL, None, "null (from tau) or a rank >= 0", lambda v: v >= 0),
+          "band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+          "method": Param((str,), "gram", "gram or randomized", lambda v: v in ("gram", "randomized")),
+          "layers": LAYERS},
+         requires=("attention_patches",))

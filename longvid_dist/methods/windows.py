@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .recipes import PROFILES
+PROFILES = ("uniform", "pyramid", "triangular", "gaussian")
+"""Per-frame merge weight profiles (:func:`weight_profile`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,10 +40,6 @@ class Window:
 
     def __len__(self) -> int:
         return len(self.frames)
-
-    def key(self) -> tuple:
-        """Identity of the computation: windows with equal keys give equal predictions."""
-        return (self.frames, self.cond)
 
 
 def weight_profile(length: int, profile: str = "uniform") -> np.ndarray:
@@ -151,11 +148,3 @@ def with_anchor(windows: list[Window]) -> list[Window]:
         return windows
     first = windows[0]
     return [replace(first, role="anchor")] + [replace(w, role="follow", anchor=first.frames) for w in windows[1:]]
-
-
-def coverage(windows: list[Window], num_frames: int) -> np.ndarray:
-    """Total merge weight per latent frame (0 where no window covers the frame)."""
-    total = np.zeros(num_frames)
-    for w in windows:
-        np.add.at(total, np.asarray(w.frames), np.asarray(w.weights))
-    return total
