@@ -133,7 +133,7 @@ class RenderSpec:
             recipe = get_recipe(self.recipe)
         except ValueError as e:
             raise SpecError("recipe", str(e)) from None
-        missing = fam.missing(getattr(recipe, "requires", frozenset)())
+        missing = fam.missing(recipe.requires())
         if missing:
             from .models.registry import CAPABILITIES
 

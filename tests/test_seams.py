@@ -140,3 +140,20 @@ def test_local_executor_runs_the_worker(tiny_adapter):
     ex = LocalExecutor(tiny_adapter)
     assert ex.worker.rank == 0 and ex.worker.group == [0]
     assert ex.worker.adapter is tiny_adapter
+
+
+@pytest.mark.parametrize("recipe,missing", [("glc", "attention_patches"), ("riflex", "temporal_rope"),
+                                            ("freeloc", "attention_patches; temporal_rope")])
+def test_recipe_a_family_cannot_run_is_refused_at_validation(monkeypatch, recipe, missing):
+    from dataclasses import replace
+
+    from longvid_dist import SpecError
+    from longvid_dist.models.registry import FAMILIES
+
+    RenderSpec(prompt="x", recipe=recipe)  # the real Wan family can
+    monkeypatch.setitem(FAMILIES, "wan", replace(FAMILIES["wan"], capabilities=frozenset()))
+    with pytest.raises(SpecError) as e:
+        RenderSpec(prompt="x", recipe=recipe)
+    assert e.value.field == "recipe"
+    assert [m.split(" (")[0] for m in e.value.message.split(": ", 1)[1].split("; ")] == missing.split("; ")
+    RenderSpec(prompt="x", recipe="sliding")  # windows, merges and noise need nothing special

@@ -96,7 +96,7 @@ def probe(adapter, frames: int, height: int, width: int, generator: torch.Genera
     adapter.install(patch, None)
     try:
         cond = adapter.encode_prompt(prompt, "", 1.0)  # one branch is enough for probing
-        z = adapter.init_noise(generator, frames, height, width)
+        z = adapter.space.init_noise(generator, frames, height, width)
         for t in timesteps:
             adapter.predict(z, torch.tensor(float(t)), cond)
     finally:

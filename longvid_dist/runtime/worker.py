@@ -85,13 +85,7 @@ class Worker:
 
     def install(self, patches: dict | None) -> None:
         """Install a render's attention/RoPE patches (free when the same ones are installed)."""
-        try:
-            from ..methods.registry import build_patches
-        except ImportError:  # TEMPORARY until the methods registry lands
-            from ..sampling.planner import make_patches
-
-            def build_patches(p, info):
-                return make_patches(p, info["num_layers"], info)
+        from ..methods.registry import build_patches
 
         adapter = self.load()
         key = repr(sorted(patches.items())) if patches else None

@@ -16,7 +16,7 @@ from ..methods.plans import StepPlan
 from ..methods.recipes import Recipe
 from ..methods.registry import NoiseContext, RefineContext
 
-__all__ = ["Planner", "StepPlan", "make_patches"]
+__all__ = ["Planner", "StepPlan"]
 
 
 class Planner:
@@ -67,9 +67,3 @@ class Planner:
         r = self.recipe.refine
         ctx = RefineContext(space, latent_next, latent, merged, scheduler, step)
         return registry.get("refine", r.kind).factory(dict(r.params), ctx)
-
-
-def make_patches(cfg: dict | None, num_layers: int, model_info: dict | None = None):
-    """Transitional alias of :func:`longvid_dist.methods.registry.build_patches` for
-    ``runtime/executor.py``, which imports it from here until the runtime switches over."""
-    return registry.build_patches(cfg, model_info or {"num_layers": num_layers})
