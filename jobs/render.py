@@ -12,15 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from . import describe, settle_auth_mode, split_flags, wants_help, with_address
-
-
-def cluster_gpus(address: str) -> int:
-    """Join the cluster at ``address`` and count its GPUs (the connection is kept for the render)."""
-    from longvid_dist.runtime.ray_executor import connect, ray  # the library's one ray import
-
-    connect(address)  # fails in seconds on an unreachable cluster; raises ClusterError
-    return int(ray.cluster_resources().get("GPU", 0))
+from . import describe, settle_auth_mode, wants_help, with_address
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,15 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     argv, address = with_address(argv)
     # Bad flags fail here, before the cluster is contacted (same one-line errors as the CLI).
     try:
-        cli.spec_from_args(cli.build_parser().parse_args(["render", *argv]))
+        args = cli.build_parser().parse_args(["render", *argv])
+        cli.spec_from_args(args)
+        parallel = cli.parallel_from_args(args)
     except cli.SpecError:
         return cli.main(["render", *argv])
-    workers = split_flags(argv, "--workers")["--workers"]
-    if workers is None:
-        from longvid_dist.runtime.ray_executor import ClusterError
+    if parallel.workers is None:
+        # the library's one ray import; the connection is kept for the render
+        from longvid_dist.runtime.ray_executor import ClusterError, cluster_gpus, connect
 
         try:
-            gpus = cluster_gpus(address)
+            connect(parallel.address)  # fails in seconds on an unreachable cluster
+            gpus = cluster_gpus()
         except ClusterError as e:
             print(f"longvid render: error: {e}", file=sys.stderr)
             return 1
@@ -49,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         argv += ["--workers", workers]
         describe("render", address, workers=f"{workers} (cluster GPUs: {gpus})")
     else:
-        describe("render", address, workers=workers)
+        describe("render", address, workers=parallel.workers)
     return cli.main(["render", *argv])
 
 

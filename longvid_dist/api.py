@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -12,6 +11,7 @@ from importlib import metadata
 from .config import ParallelConfig, RenderSpec, resolve_dtype
 from .io.video import VideoWriter, sidecar_path, write_json_atomic
 from .methods.recipes import get_recipe
+from .progress import Progress
 
 
 @dataclass
@@ -69,16 +69,12 @@ def load_adapter(spec: RenderSpec, device: str = "cpu", dtype: str = "float32"):
     return adapter_class(spec.resolved.family).load(model_source(spec), device=device, dtype=getattr(torch, dtype))
 
 
-class _Progress:
-    """A tqdm bar on a terminal; plain log lines every ~10% of steps otherwise."""
+class _Progress(Progress):
+    """Denoising steps: windows, timestep and per-worker activity after the bar; a plain log
+    line every ~10% of steps when stderr is not a terminal."""
 
     def __init__(self, total: int, start: int, desc: str, executor=None):
-        from tqdm import tqdm
-
-        self.tty = sys.stderr.isatty()
-        self.total, self.start, self.t0 = total, start, time.perf_counter()
-        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not self.tty)
-        self.every = max(1, total // 10)
+        super().__init__(total, initial=start, desc=desc, unit="step", every=total // 10)
         self.executor = executor
 
     def _workers(self, s) -> str:
@@ -89,20 +85,11 @@ class _Progress:
         return " ".join(f"{min(b / s.predict, 1):.0%}" for b in metrics[-1]["worker_busy"])
 
     def __call__(self, s, *_) -> None:
-        self.bar.update(1)
         busy = self._workers(s)
-        self.bar.set_postfix(windows=s.windows, t=f"{s.t:.0f}", **({"workers": busy} if busy else {}))
-        done = s.step + 1
-        if not self.tty and (done % self.every == 0 or done == self.total):
-            el = time.perf_counter() - self.t0
-            rate = el / max(done - self.start, 1)
-            print(f"[longvid] step {done}/{self.total} t={s.t:.0f} windows={s.windows} "
-                  f"predict={s.predict:.2f}s{' workers=' + busy.replace(' ', ',') if busy else ''} "
-                  f"elapsed={el:.1f}s eta={rate * (self.total - done):.1f}s",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self.bar.close()
+        if self.advance(windows=s.windows, t=f"{s.t:.0f}", **({"workers": busy} if busy else {})):
+            self.log(f"step {s.step + 1}/{self.total} t={s.t:.0f} windows={s.windows} "
+                     f"predict={s.predict:.2f}s{' workers=' + busy.replace(' ', ',') if busy else ''} "
+                     f"elapsed={self.elapsed():.1f}s eta={self.eta() or 0.0:.1f}s")
 
 
 def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):

@@ -14,7 +14,7 @@ from .methods.probe import PUBLISHED_TSA_FRACTION, probe
 
 def main_probe(argv: list[str] | None = None) -> int:
     from .cli import _Parser
-    from .config import RenderSpec, SpecError
+    from .config import RenderSpec, SpecError, flag_name
     from .io.video import write_json_atomic
 
     p = _Parser(prog="longvid probe", description="Measure each self-attention layer's sensitivity to "
@@ -34,7 +34,7 @@ def main_probe(argv: list[str] | None = None) -> int:
         spec = RenderSpec(prompt="probe", model=a.model, frames=a.frames, height=a.height, width=a.width,
                           out=a.out + ".unused.mp4", recipe="direct")
     except SpecError as e:
-        flag = {"out": "--out"}.get(e.field, "--" + e.field.replace("_", "-"))
+        flag = flag_name(e.field)
         print(f"longvid probe: error: {flag}: {e.message}", file=sys.stderr)
         return 2
     if not a.out.endswith(".json"):

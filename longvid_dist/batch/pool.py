@@ -1,0 +1,151 @@
+"""The executor pool of a batch: as many executors of ``workers_per_video`` workers as the
+cluster hosts (capped by ``max_in_flight`` and the videos to render), each driven by one thread
+that takes rows from a shared queue and renders them on it, recording each in the manifest.
+
+Ray stays behind :mod:`longvid_dist.runtime.ray_executor`'s functions (``connect``,
+``capacity``, ``shutdown``) and the executors :func:`longvid_dist.api.make_executor` builds."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from dataclasses import replace
+
+from ..config import ParallelConfig
+from .manifest import Manifest
+from .outdir import finished
+from .progress import BatchProgress
+from .results import BatchResult, RowResult
+
+
+def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, prog: BatchProgress,
+               workers_per_video: int, address: str | None, max_in_flight: int | None) -> None:
+    """Render ``todo`` on a pool of executors; outcomes go to the rows, ``result`` and the manifest.
+
+    Joins ``address`` (else ``RAY_ADDRESS``, else starts a private local Ray) unless Ray is
+    already connected in this process; only a connection made here is shut down at the end."""
+    from ..api import make_executor, model_source
+    from ..runtime.ray_executor import ClusterError, capacity, connect, shutdown
+
+    owns_ray = False
+    executors: list = []
+    lock = threading.Lock()  # executors / stop: a lane placed late closes its own executor
+    t0 = time.perf_counter()
+    stop = threading.Event()
+    try:
+        # ours to shut down when we connected (for a joined cluster: disconnect; it keeps running)
+        owns_ray = connect(address, quiet=not prog.enabled) is not None
+        spec0 = todo[0].spec
+        fit, what = capacity(workers_per_video, spec0.device, flag="--workers-per-video")
+        m = min(fit, max_in_flight or fit, len(todo))
+        model_source(spec0)  # a tiny model is built here, once, not by the lanes at the same time
+        parallel = ParallelConfig(workers=workers_per_video, address=address)
+        prog.log(f"{m} video(s) in flight, {workers_per_video} worker(s) each ({fit} fit the cluster's {what})")
+
+        jobs: queue.Queue = queue.Queue()
+        for r in todo:
+            jobs.put(r)
+        errors: list[BaseException] = []
+        first_ready: list[float] = []
+
+        def lane():
+            """Create one executor, then feed it from the queue (it starts as soon as it is placed)."""
+            try:
+                ex = make_executor(spec0, parallel)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+            with lock:
+                if stop.is_set():
+                    ex.close()
+                    return
+                executors.append(ex)
+                if not first_ready:
+                    first_ready.append(time.perf_counter())
+                    prog.restart_clock()
+            _drive(ex, jobs, manifest, prog, stop)
+
+        lanes = [threading.Thread(target=lane, daemon=True) for _ in range(m)]
+        for t in lanes:
+            t.start()
+        for t in lanes:
+            _join(t)
+        result.executors = len(executors)
+        if not executors:
+            raise ClusterError(str(errors[0]) if errors else "no executor could be created")
+        result.startup = first_ready[0] - t0
+        result.render_time = time.perf_counter() - first_ready[0]
+        if errors:
+            prog.log(f"only {len(executors)} of {m} executors could be placed ({errors[0]})")
+        while True:  # every executor broke: whatever is left was not rendered
+            try:
+                r = jobs.get_nowait()
+            except queue.Empty:
+                break
+            r.state, r.reason = "failed", "not rendered: no working executor left"
+            manifest.append({"id": r.id, "state": "failed", "line": r.line, "reason": r.reason})
+    except KeyboardInterrupt:
+        stop.set()
+        result.interrupted = True
+        prog.log("interrupted; in-flight videos keep their checkpoints: rerun the same command to resume")
+    except (ClusterError, RuntimeError, OSError, ValueError) as e:
+        result.error = str(e)
+    finally:
+        with lock:
+            stop.set()
+        for ex in executors:
+            try:
+                ex.close()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+        if owns_ray:
+            shutdown()
+
+
+def _join(t: threading.Thread) -> None:
+    while t.is_alive():  # short timeouts keep Ctrl-C responsive
+        t.join(0.2)
+
+
+def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop: threading.Event) -> None:
+    """One executor's driver thread: render queued rows until the queue is empty."""
+    from ..api import render
+    from ..runtime.checkpoint import CheckpointError, checkpoint_path
+
+    while not stop.is_set():
+        try:
+            r = jobs.get_nowait()
+        except queue.Empty:
+            return
+        r.state = "running"
+        prog.started()
+        manifest.append({"id": r.id, "state": "running", "line": r.line, "out": os.path.basename(r.out),
+                         "resume": r.spec.resume})
+        try:
+            try:
+                res = render(r.spec, executor=ex, progress=False)
+            except CheckpointError as e:  # a checkpoint of other settings (the row was edited)
+                prog.log(f"{r.id!r}: {e}; rendering from the start")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(checkpoint_path(r.out))
+                r.spec = replace(r.spec, resume=False)
+                res = render(r.spec, executor=ex, progress=False)
+        except Exception as e:  # noqa: BLE001 - recorded; the batch goes on
+            if stop.is_set():  # interrupted: stays "running", resumes next time
+                return
+            r.state, r.reason = "failed", f"render failed: {type(e).__name__}: {e}"
+            manifest.append({"id": r.id, "state": "failed", "line": r.line, "reason": r.reason})
+            prog.finished(r)
+            if not ex.healthy(timeout=60):
+                prog.log(f"an executor stopped working after {r.id!r}; the others go on")
+                return
+            continue
+        side = finished(r.spec) or {}
+        r.state, r.rendered = "done", True
+        r.resumed_from_step = side.get("resumed_from_step")
+        manifest.append({"id": r.id, "state": "done", "line": r.line, "out": os.path.basename(res.out),
+                         "timings": res.timings, "resumed_from_step": r.resumed_from_step})
+        prog.finished(r)
