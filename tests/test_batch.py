@@ -317,7 +317,7 @@ def test_killed_batch_resumes_without_rendering_anything_twice(tmp_path):
     done_before = {k for k, v in states().items() if v == "done"}
     # finished = sidecar written (the video is renamed into place before it), whatever the manifest says
     complete = {r["id"] for r in rows if (out / f"{r['id']}.mp4.json").exists()}
-    interrupted = {k: torch.load(out / f"{k}.mp4.ckpt", weights_only=False)["next_step"]
+    interrupted = {k: json.loads(torch.load(out / f"{k}.mp4.ckpt", weights_only=True)["meta"])["next_step"]
                    for k in in_flight_ckpts() if k not in complete}
     assert "quick" in done_before and done_before <= complete and interrupted
     finished = {f: os.stat(out / f).st_mtime_ns for k in complete for f in (f"{k}.mp4", f"{k}.mp4.json")}

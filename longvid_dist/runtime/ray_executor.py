@@ -305,6 +305,8 @@ def connect(address: str | None, quiet: bool = False) -> str | None:
     """Connect this process to Ray: join ``address`` (or ``RAY_ADDRESS``), else start a private
     local instance (no dashboard; auth mode: see the top of this module). Returns ``"joined"``,
     ``"local"``, or None when Ray was already initialized. Unreachable clusters fail fast."""
+    if ray is None:
+        raise ClusterError("ray is not installed (pip install 'ray[default]')")
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return None
