@@ -112,6 +112,9 @@ class LayerDispatch(AttentionPatch):
     def wants_raw(self, layer: int) -> bool:
         return self.by_layer[layer].wants_raw(layer)
 
+    def for_layer(self, layer: int) -> AttentionPatch:
+        return self.by_layer[layer]
+
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
         return self.by_layer[ctx.layer].attend(q, k, v, ctx)
 

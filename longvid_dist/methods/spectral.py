@@ -299,6 +299,7 @@ class FreeSpecAttention(AttentionPatch):
     seed: int = 0
     """Seed of the randomized range finder."""
     name = "freespec"
+    all_heads = True  # the SVD is over [tokens, heads * dim]: every head of a token
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
         frames = ctx.grid[0]

@@ -58,11 +58,20 @@ class AttentionPatch:
 
     ``layers`` limits the patch to some blocks (None = all). A patch with ``raw_qk = True``
     receives unrotated q/k and rotates them itself via ``ctx.rotate``.
+
+    Under sequence parallelism (``models/parallel.py``) a patch always sees the whole token
+    grid of the window, for the heads of its rank; ``sp_modes`` lists the modes it is correct
+    under, and ``all_heads`` asks for every head (a patch that mixes heads, such as an SVD over
+    channels), at the cost of computing them on every ulysses rank.
     """
 
     name = "none"
     layers: tuple[int, ...] | None = None
     raw_qk = False
+    sp_modes: tuple[str, ...] = ("ulysses", "ring")
+    """Sequence-parallel modes the patch is correct under."""
+    all_heads = False
+    """Whether one head's output depends on other heads (then ulysses ranks gather heads)."""
 
     def applies(self, layer: int) -> bool:
         """Whether the patch replaces the attention of block ``layer``."""
@@ -71,6 +80,10 @@ class AttentionPatch:
     def wants_raw(self, layer: int) -> bool:
         """Whether block ``layer`` should hand over q/k before RoPE."""
         return self.raw_qk
+
+    def for_layer(self, layer: int) -> "AttentionPatch":
+        """The patch that computes block ``layer`` (itself; a per-layer dispatch says which)."""
+        return self
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
         """``[B, S, H, D]`` attention output of one layer call."""

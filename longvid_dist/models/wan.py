@@ -15,6 +15,7 @@ import torch
 
 from .base import Cond, LatentSpace, ModelAdapter
 from .hooks import AttentionPatch, AttnContext, rope_frequencies
+from .parallel import SequenceParallel, register_split_hooks
 from .registry import FAMILIES
 
 
@@ -30,10 +31,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 class _PatchedSelfAttention:
     """Self-attention processor that computes q, k, v as Wan does and lets a method patch
-    decide the attention itself (``patch.attend``)."""
+    decide the attention itself (``patch.attend``); under sequence parallelism (``sp``) the
+    group's attention runs through :meth:`SequenceParallel.attention`."""
 
-    def __init__(self, patch: AttentionPatch, ctx: AttnContext, layer: int):
-        self.patch, self.ctx, self.layer = patch, ctx, layer
+    def __init__(self, patch: AttentionPatch, ctx: AttnContext, layer: int, sp: SequenceParallel | None = None):
+        self.patch, self.ctx, self.layer, self.sp = patch.for_layer(layer), ctx, layer, sp
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
@@ -44,8 +46,16 @@ class _PatchedSelfAttention:
         self.ctx.layer = self.layer
         if not self.patch.wants_raw(self.layer):
             q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
-        out = self.patch.attend(q, k, v, self.ctx).flatten(2, 3).type_as(q)  # [B, S, H, D] -> [B, S, H*D]
+        if self.sp is not None:
+            out = self.sp.attention(q, k, v, self.patch, self.ctx)
+        else:
+            out = self.patch.attend(q, k, v, self.ctx)
+        out = out.flatten(2, 3).type_as(q)  # [B, S, H, D] -> [B, S, H*D]
         return attn.to_out[1](attn.to_out[0](out))
+
+
+_PLAIN = AttentionPatch()
+"""Plain attention, for layers no patch selects (they still need the group's attention under SP)."""
 
 
 class WanLatentSpace(LatentSpace):
@@ -110,6 +120,9 @@ class WanAdapter(ModelAdapter):
         self.ctx = AttnContext()
         self.ctx.rotate = self._rotate_at
         self.patch_key = None
+        self.sp: SequenceParallel | None = None
+        self._sp_hooks: list = []
+        self._installed = (None, None)
         self._stock_processors = {i: b.attn1.processor for i, b in enumerate(self.transformer.blocks)}
         rope = self.transformer.rope
         self._stock_rope = (rope.freqs_cos.clone(), rope.freqs_sin.clone())
@@ -121,10 +134,13 @@ class WanAdapter(ModelAdapter):
         installation so repeated calls with the same key are free."""
         if key is not None and key == self.patch_key:
             return
+        self._installed = (attention, temporal_rope)
         for i, block in enumerate(self.transformer.blocks):
             use = attention is not None and attention.applies(i)
-            block.attn1.set_processor(_PatchedSelfAttention(attention, self.ctx, i) if use
-                                      else self._stock_processors[i])
+            if use or self.sp is not None:  # under SP every layer runs the group's attention
+                block.attn1.set_processor(_PatchedSelfAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
+            else:
+                block.attn1.set_processor(self._stock_processors[i])
         rope = self.transformer.rope
         cos, sin = (t.clone() for t in self._stock_rope)
         if temporal_rope is not None:
@@ -139,6 +155,21 @@ class WanAdapter(ModelAdapter):
         rope.freqs_sin.copy_(sin)
         self.ctx.store.clear()
         self.patch_key = key
+
+    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
+        """Split every forward's tokens over ``sp``'s group where diffusers' context-parallel plan
+        for Wan splits them (``WanTransformer3DModel._cp_plan``); None turns it off."""
+        for h in self._sp_hooks:
+            h.remove()
+        self._sp_hooks = []
+        self.sp = sp
+        if sp is not None:
+            heads = self.transformer.config.num_attention_heads
+            if heads % sp.ulysses:
+                raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
+            self._sp_hooks = register_split_hooks(self.transformer, self.transformer._cp_plan, sp)
+        self.patch_key = None
+        self.install(*self._installed)
 
     @property
     def num_layers(self) -> int:
