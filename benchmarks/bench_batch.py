@@ -43,6 +43,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from importlib import metadata  # noqa: E402
 
 TARGET = 1.8
 PROMPTS = ["a red car drives through a city at night", "a cat walks in the snow", "waves crash on a rocky beach",
@@ -198,18 +199,18 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from longvid_dist.runtime.ray_executor import ray
+    from longvid_dist.runtime.ray_executor import capacity, connect, shutdown
 
     print(f"bench_batch: {platform.node()} python {platform.python_version()} torch {torch.__version__} "
-          f"ray {ray.__version__}; {os.cpu_count()} CPUs, cuda={torch.cuda.is_available()}")
+          f"ray {metadata.version('ray')}; {os.cpu_count()} CPUs, cuda={torch.cuda.is_available()}")
     print(f"batch: {a.videos} videos, tiny-wan {a.size}x{a.size}, {a.frames} frames, {a.steps} steps, recipe {a.recipe}; "
           f"workers_per_video=1; {a.repeats} timed round(s) after a warm-up")
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    print(f"local Ray: {cpus:g} CPU -> at most {int(cpus)} videos in flight with 1 worker each")
-    if cpus < 2:
-        print("fewer than 2 CPUs: 2 videos cannot be in flight; nothing to compare")
-        ray.shutdown()
+    connect(None, quiet=True)  # a private local Ray (os.cpu_count() CPUs), shared by every run_batch below
+    fits, what = capacity(1, "auto")  # as run_batch counts it for workers_per_video=1
+    print(f"local Ray: at most {fits} videos in flight with 1 worker each ({what}-limited)")
+    if fits < 2:
+        print(f"fewer than 2 {what}s: 2 videos cannot be in flight; nothing to compare")
+        shutdown()
         return 0
     work = tempfile.mkdtemp(prefix="bench-batch-")
     prompts = os.path.join(work, "prompts.jsonl")
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
         print(f"  machine ceiling again: {ceilings[1]:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        ray.shutdown()
+        shutdown()
 
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
     ratio = med[2]["vpm"] / med[1]["vpm"]

@@ -6,8 +6,8 @@
     replica shared by both, so weights and caches are identical):
 
     * denoise only: stock ``pipe(..., output_type="latent")`` vs our
-      ``LocalExecutor.set_conditions`` + ``make_scheduler`` + ``init_noise`` +
-      ``Planner(direct)`` + ``denoise``. Both include prompt encoding, scheduler set-up and the
+      ``LocalExecutor.set_conditions`` + ``SamplerState.shared(space.make_scheduler(steps))`` +
+      ``space.init_noise`` + ``Planner(direct)`` + ``denoise``. Both include prompt encoding, scheduler set-up and the
       noise draw; neither includes model load.
     * end to end: stock ``output_type="np"`` vs the above plus draining
       ``executor.decode(latent, chunk)`` into one array.

@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/bench_ray.py [--quick] [--configs 241x64,241x128] [--steps N] [--repeats N]
 
-One local Ray instance is started here as tests/test_ray.py starts it (no dashboard, no log
-forwarding) and shared: the executors join it and leave it running. Torch runs one thread in
+One local Ray instance of 3 logical CPUs is started here with the runtime's ``connect`` (as
+tests/test_ray.py starts it: no dashboard, no log forwarding) and shared: the executors join it
+and leave it running; ``shutdown`` stops it at the end. Torch runs one thread in
 the driver and in every worker (OMP_NUM_THREADS=1 before torch is imported).
 
 (a) Speedup of 2 Ray workers over 1 on a render of the built-in ``glc`` recipe with the tiny
-    model (``tiny-wan``), denoise loop only: ``sampling.loop.denoise`` with a ``Planner`` and
-    initial latent built as ``api.render`` builds them. Executors are created, conditioned and
+    model (``tiny-wan``), denoise loop only: ``sampling.loop.denoise`` with a ``Planner``, a
+    ``SamplerState.shared(space.make_scheduler(steps))`` and the initial latent built as
+    ``api.render`` builds them (``Planner.init_noise``). Executors are created, conditioned and
     warmed (one full untimed render at the same geometry) before timing. Configurations are
     ``FRAMESxSIZE`` (square, pixels): the first is the reference render (241 frames = 61 latent
     frames at 64x64 = 8x8 latent: 3 global + 5..6 local windows per step); the others keep the
@@ -25,14 +27,14 @@ the driver and in every worker (OMP_NUM_THREADS=1 before torch is imported).
     fp32 (961 frames at 480x832; 24.1 M values = 96 MB), no model. The REAL ``RayExecutor`` is
     constructed and driven (real __init__: placement group, actors; real ``predict()``: the same
     ``shard()``, per-worker frame slicing as contiguous numpy, object-store round trip, torch
-    conversion, bytes/transfer/busy metrics), with only its actor class swapped, inside this
-    process, for ``NoopWorker`` below: same ``predict`` call, same data handling as
-    ``_Worker.predict`` (``frames.copy()`` into torch, ``x[:, idx]`` per window, ``.numpy()``
-    back, only kept windows returned), but the "prediction" is the window's input frames.
-    Then ``plan.merge(preds)`` (WLS merge of both paths + GLC fusion). Should the executor's
-    internals drift so that this cannot run, an in-script copy of ``predict()``'s data flow is
-    used instead, and the output says so. (predict + merge) per step is compared with a plain
-    ``np.copyto`` of as many bytes as the executor reports moved. Target <= 4x.
+    views of the results, bytes/transfer/busy metrics), with only its actor class swapped,
+    inside this process, for ``NoopWorker`` below (``ray_executor.Worker`` is replaced before the
+    executor is constructed): same ``predict`` call, same data handling as ``Worker.predict``
+    (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, ``.numpy()`` back, only
+    kept windows returned), but the "prediction" is the window's input frames. Windows carry
+    their timestep as ``denoise`` sets it. Then ``plan.merge(preds)`` (WLS merge of both paths
+    + GLC fusion). (predict + merge) per step is compared with a plain ``np.copyto`` of as many
+    bytes as the executor reports moved. Target <= 4x.
 
 Prints only; never asserts on time (shared, noisy 2-core box) and exits 0.
 """
@@ -47,7 +49,6 @@ os.environ["MKL_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import itertools  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -56,6 +57,8 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from importlib import metadata  # noqa: E402
 
 TARGET_SPEEDUP = 1.8
 TARGET_OVERHEAD = 1.10
@@ -141,13 +144,13 @@ def _capacity(iters: int = 2_500_000) -> float:
 def _worker_calls(windows, shards):
     """For each shard: its windows plus the anchors it must recompute (unkept), as
     ``RayExecutor.predict`` builds a call (followers whose ABAM anchor runs on another worker)."""
-    by_frames = {w.frames: w for w in windows if getattr(w, "role", "plain") == "anchor"}
+    by_frames = {w.frames: w for w in windows if w.role == "anchor"}
     out = []
     for idxs in shards:
         wins = [windows[i] for i in idxs]
-        have = {w.frames for w in wins if getattr(w, "role", "plain") == "anchor"}
-        extra = [by_frames[a] for a in dict.fromkeys(w.anchor for w in wins if getattr(w, "role", "plain") == "follow")
-                 if a not in have and a in by_frames]
+        have = {w.frames for w in wins if w.role == "anchor"}
+        extra = [by_frames[a] for a in dict.fromkeys(w.anchor for w in wins if w.role == "follow")
+                 if a not in have]
         out.append((wins, extra))
     return out
 
@@ -170,22 +173,17 @@ def _bounds(windows, shard, cost, workers=2):
     return total, got, best
 
 
-def _cost_fn(rx):
-    """The executor's window cost model (attention quadratic in frames) when it exposes one."""
-    return getattr(rx, "_window_cost", None) or (lambda w: len(w.frames) ** 2 + 8 * len(w.frames))
-
-
 # -- (c) no-op actor ---------------------------------------------------------------------------
 class NoopWorker:
-    """Stands in for ``ray_executor._Worker`` without a model. Same constructor arguments and
-    ``predict`` call; same handling of the data (``frames.copy()`` into torch, ``x[:, idx]`` per
-    window, ``.numpy()`` back, only kept windows returned), but the "prediction" is the window's
-    own input frames. Imports are local so Ray ships the class by value from ``__main__``."""
+    """Stands in for ``runtime.worker.Worker`` without a model. Same constructor arguments and
+    ``predict`` call; same handling of the data (``as_tensor(frames)``, ``x[:, idx]`` per window,
+    ``.numpy()`` back, only kept windows returned), but the "prediction" is the window's own
+    input frames. Imports are local so Ray ships the class by value from ``__main__``."""
 
-    def __init__(self, *args, **kw):
+    def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,)):
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(max(threads, 1))
         self.busy = 0.0
 
     def pid(self) -> int:
@@ -194,65 +192,22 @@ class NoopWorker:
     def warm(self) -> bool:
         return True
 
-    def encode(self, *args):
+    def encode(self, prompts, guidance):
         return None
 
-    def predict(self, *args):
-        import numpy as np
-        import torch
+    def predict(self, version, conds, patches, frames, items):
+        from longvid_dist.runtime.worker import as_tensor
 
         t0 = time.perf_counter()
-        frames = next(x for x in args if isinstance(x, np.ndarray) and x.ndim == 4)
-        items = args[-1]
-        x = torch.from_numpy(frames.copy())  # [C, n, h, w], as _Worker.predict
+        x = as_tensor(frames)  # [C, n, h, w], as Worker.predict: x[:, idx] below copies
         out = []
-        for it in items:  # (idx, window, keep) now; (cond, idx) in older executors
-            idx = next(e for e in it if isinstance(e, list))
-            keep = it[2] if len(it) >= 3 and isinstance(it[2], bool) else True
+        for idx, w, keep in items:
             y = x[:, idx].float().cpu().numpy()  # no-op "prediction" of the window's shape
             if keep:
                 out.append(y)
         busy = time.perf_counter() - t0
         self.busy += busy
         return out, busy
-
-
-def _mimic_predict(ex, latent, t, windows, shard):
-    """Fallback only (the real ``RayExecutor.predict`` could not be driven): its data flow copied
-    here, fault retry omitted. Same shard(), anchor recomputation, slicing, numpy round trip,
-    ``p.copy()`` and metrics."""
-    import numpy as np
-    import torch
-
-    from longvid_dist.runtime.ray_executor import ray
-
-    t0 = time.perf_counter()
-    lat = latent.numpy()
-    shards = shard(windows, len(ex.workers))
-    calls, moved = {}, 0
-    for k, (idxs, (wins, extra)) in enumerate(zip(shards, _worker_calls(windows, shards))):
-        if not idxs:
-            continue
-        todo = [(w, False) for w in extra] + [(w, True) for w in wins]
-        need = sorted({f for w, _ in todo for f in w.frames})
-        pos = {f: j for j, f in enumerate(need)}
-        items = [([pos[f] for f in w.frames], w, keep) for w, keep in todo]
-        frames = np.ascontiguousarray(lat[:, need])
-        moved += frames.nbytes
-        calls[k] = (idxs, frames, items)
-    preds = [None] * len(windows)
-    step_busy = [0.0] * len(ex.workers)
-    tt = t.cpu().numpy()
-    pending = {k: ex.workers[k].predict.remote({}, None, tt, c[1], c[2]) for k, c in calls.items()}
-    for k, ref in pending.items():
-        out, busy = ray.get(ref)
-        step_busy[k] += busy
-        for i, p in zip(calls[k][0], out):
-            preds[i] = torch.from_numpy(p.copy())
-            moved += p.nbytes
-    wall = time.perf_counter() - t0
-    ex.metrics.append({"bytes_moved": moved, "transfer": max(wall - max(step_busy), 0.0), "worker_busy": step_busy})
-    return preds
 
 
 class _MemWatch:
@@ -298,29 +253,29 @@ def main(argv=None) -> int:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
+    from longvid_dist.config import ParallelConfig
     from longvid_dist.methods.recipes import get_recipe
     from longvid_dist.models.registry import FAMILIES
     from longvid_dist.models.tiny import tiny_model_path
     from longvid_dist.models.wan import WanAdapter
     from longvid_dist.runtime import ray_executor as rx
     from longvid_dist.runtime.executor import LocalExecutor
-    from longvid_dist.runtime.ray_executor import RayExecutor, ray
+    from longvid_dist.runtime.ray_executor import RayExecutor, connect, shutdown
 
     t_all = time.perf_counter()
     fam = FAMILIES["wan"]
     native = fam.latent_frames(fam.native_frames)
     recipe = get_recipe(a.recipe)
     print("== machine")
-    print(f"python {platform.python_version()}  torch {torch.__version__}  ray {ray.__version__}  "
+    print(f"python {platform.python_version()}  torch {torch.__version__}  ray {metadata.version('ray')}  "
           f"torch threads {torch.get_num_threads()}  OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}  "
           f"cpu_count {os.cpu_count()}  loadavg(1m) {_load()}  mode {'quick' if a.quick else 'default'}")
-    desc = getattr(recipe, "description", "")
-    print(f"recipe {a.recipe!r}: {desc}")
+    print(f"recipe {a.recipe!r}: {recipe.description}")
 
     # 3 logical CPUs: the 1-worker and the 2-worker executors (1 + 2 one-CPU bundles) stay up side
     # by side to be interleaved; only one of them computes at a time, on the 2 physical cores.
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    connect(None, quiet=True, num_cpus=3)
     print(f"local Ray started in {time.perf_counter() - t0:.1f}s (3 logical CPUs, no dashboard)")
 
     rows = []  # (metric, measured, target, ok)
@@ -329,8 +284,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         adapter = WanAdapter.load(src, device="cpu", dtype=torch.float32)
         local = LocalExecutor(adapter)
-        ray1 = RayExecutor("wan", src, 1, device="cpu", dtype="float32", cpus_per_worker=1)
-        ray2 = RayExecutor("wan", src, 2, device="cpu", dtype="float32", cpus_per_worker=1)
+        ray1 = RayExecutor("wan", src, ParallelConfig(workers=1), device="cpu", dtype="float32", cpus_per_worker=1)
+        ray2 = RayExecutor("wan", src, ParallelConfig(workers=2), device="cpu", dtype="float32", cpus_per_worker=1)
         exs = {"local": local, "ray1": ray1, "ray2": ray2}
         for ex in exs.values():
             ex.set_conditions({"main": (PROMPT, NEGATIVE)}, a.guidance)
@@ -351,7 +306,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 print("(c) could not run: see the traceback above")
     finally:
-        ray.shutdown()
+        shutdown()
 
     print("\n== summary (ratios measured in this run only; printed, never asserted)")
     w = max([len(r[0]) for r in rows] + [6])
@@ -374,19 +329,17 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
     from longvid_dist.sampling.loop import denoise
     from longvid_dist.sampling.planner import Planner
     from longvid_dist.sampling.rng import keyed_generator, noise_generator
+    from longvid_dist.sampling.state import SamplerState
 
     frames, hw = cfg
-    F = space.latent_shape(frames, hw, hw)[1] if hasattr(space, "latent_shape") else (frames - 1) // 4 + 1
+    F = space.latent_shape(frames, hw, hw)[1]
     label = f"{frames}f {hw}x{hw}"
 
     def planner():
         return Planner(recipe, F, native, lambda purpose, step: keyed_generator(a.seed, purpose, step))
 
     pl = planner()
-    if hasattr(pl, "init_noise"):  # as api.render draws it (recipe's noise strategy)
-        latent0 = pl.init_noise(space, noise_generator(a.seed), frames, hw, hw)
-    else:
-        latent0 = space.init_noise(noise_generator(a.seed), frames, hw, hw)
+    latent0 = pl.init_noise(space, noise_generator(a.seed), frames, hw, hw)  # as api.render draws it
 
     # Windows per step and the 2-worker bounds under the executor's own cost model.
     sched = space.make_scheduler(a.steps)
@@ -397,7 +350,7 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
         n_glob.append(sum(w.path == "global" for w in wins))
         n_loc.append(sum(w.path == "local" for w in wins))
         n_extra.append(sum(len(e) for _, e in _worker_calls(wins, rx.shard(wins, 2))))
-        s_tot, s_got, s_best = _bounds(wins, rx.shard, _cost_fn(rx))
+        s_tot, s_got, s_best = _bounds(wins, rx.shard, rx._window_cost)
         tot, got = tot + s_tot, got + s_got
         best = None if s_best is None or best is None else best + s_best
     b_shard = tot / got
@@ -408,7 +361,7 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
     print(f"2-worker bounds (cost model n^2+8n): shard() as run, incl. recomputed anchors {b_shard:.2f}x; "
           f"best assignment {b_best}")
 
-    pids = {n: ex.worker_pids() for n, ex in exs.items() if hasattr(ex, "worker_pids")}
+    pids = {n: ex.worker_pids() for n, ex in exs.items() if n != "local"}
     procs = {n: [psutil.Process(p) for p in ps] for n, ps in pids.items()}
 
     def wcpu(n):
@@ -430,15 +383,15 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
     def run(n):
         ex = exs[n]
         lat = latent0.clone()
-        sch = space.make_scheduler(a.steps)
+        state = SamplerState.shared(space.make_scheduler(a.steps))
         p = planner()
-        m0 = len(getattr(ex, "metrics", []))
+        m0 = len(getattr(ex, "metrics", []))  # the local executor keeps no transfer metrics
         gc.collect()
         gc.disable()
         try:
             c0, d0, r0 = wcpu(n), _usage()[0], daemons()
             t0 = time.perf_counter()
-            res = denoise(lat, sch, p, ex)
+            res = denoise(lat, state, p, ex)
             wall = time.perf_counter() - t0
             cpu, dc, rc = wcpu(n) - c0, _usage()[0] - d0, daemons() - r0
         finally:
@@ -545,37 +498,27 @@ def _bench_datapath(a, recipe, native, rx, src):
     import numpy as np
     import torch
 
+    from longvid_dist.config import ParallelConfig
     from longvid_dist.methods.merge import fuse_paths, wls_merge
     from longvid_dist.sampling.planner import Planner
     from longvid_dist.sampling.rng import keyed_generator
+    from longvid_dist.sampling.state import SamplerState
 
-    ray = rx.ray
     C, F, h, w = WAN_1MIN
     print(f"\n== (c) coordinator data path: {a.recipe} step on a 1-minute Wan latent {list(WAN_1MIN)} fp32, "
           f"2 no-op actors, native window {native}")
-    # The real executor with only its actor class swapped (in this process; no file is touched).
-    real_worker = rx._Worker
-    rx._Worker = NoopWorker
+    # The real executor with only its actor class swapped (in this process; no file is touched):
+    # RayExecutor makes its actors from ray_executor.Worker when it is constructed.
+    real_worker = rx.Worker
+    rx.Worker = NoopWorker
     try:
-        ex = rx.RayExecutor("wan", src, 2, device="cpu", dtype="float32", cpus_per_worker=1)
+        ex = rx.RayExecutor("wan", src, ParallelConfig(workers=2), device="cpu", dtype="float32", cpus_per_worker=1)
     finally:
-        rx._Worker = real_worker
-    planner = Planner(recipe, F, native, lambda purpose, step: keyed_generator(a.seed, purpose, step))
-    if hasattr(ex, "install") and hasattr(planner, "patches"):
-        ex.install(planner.patches())  # as denoise() does: the patches travel with every call
-    path = "RayExecutor.predict (real executor, NoopWorker actors)"
-
-    def predict(latent, t, wins):
-        nonlocal path
-        if path.startswith("RayExecutor"):
-            try:
-                return ex.predict(latent, t, wins)
-            except (AttributeError, TypeError, StopIteration) as e:
-                path = f"in-script copy of predict()'s data flow (real one failed: {type(e).__name__}: {e})"
-        return _mimic_predict(ex, latent, t, wins, rx.shard)
-
-    sched = ex.space.make_scheduler(50)  # timesteps only set gamma(t)
+        rx.Worker = real_worker
     try:
+        planner = Planner(recipe, F, native, lambda purpose, step: keyed_generator(a.seed, purpose, step))
+        ex.install(planner.patches())  # as denoise() does: the patches travel with every call
+        state = SamplerState.shared(ex.space.make_scheduler(50))  # timesteps only set gamma(t)
         with _MemWatch() as mem:
             latent = torch.randn(WAN_1MIN, generator=torch.Generator().manual_seed(a.seed))
             src_b = latent.numpy().reshape(-1).view(np.uint8)
@@ -592,15 +535,16 @@ def _bench_datapath(a, recipe, native, rx, src):
                 return time.perf_counter() - t0
 
             def step(i):
-                t = sched.timesteps[i]
-                plan = planner.plan(i, float(t))
+                level = state.noise_level(i)  # 0-d: one shared scheduler
+                plan = planner.plan(i, float(level))
+                wins = [replace(x, timestep=level) for x in plan.windows]  # as denoise() sets them
                 m0 = len(ex.metrics)
                 gc.collect()
                 gc.disable()
                 try:
                     u0 = _usage()
                     t0 = time.perf_counter()
-                    preds = predict(latent, t, plan.windows)
+                    preds = ex.predict(latent, wins)
                     t1 = time.perf_counter()
                     u1 = _usage()
                     merged = plan.merge(preds)
@@ -614,7 +558,7 @@ def _bench_datapath(a, recipe, native, rx, src):
 
             t0 = time.perf_counter()
             *_, plan, preds = step(0)  # warm-up: first object-store allocations, actors' first call
-            print(f"data path: {path}")
+            print("data path: RayExecutor.predict (real executor, NoopWorker actors)")
             wins = plan.windows
             n_g = sum(x.path == "global" for x in wins)
             shards = rx.shard(wins, 2)
@@ -655,7 +599,7 @@ def _bench_datapath(a, recipe, native, rx, src):
             print(f"(c) (transfer + merge) / memcpy = {ratio:.2f}x, target <= {TARGET_DATAPATH:.1f}x -> {_verdict(ok)}")
 
             # Where the time goes: components measured alone on the same plan (no Ray in flight).
-            plan = planner.plan(1, float(sched.timesteps[1]))
+            plan = planner.plan(1, float(state.noise_level(1)))
             wins = plan.windows
             lat = latent.numpy()
             sent = 0
@@ -685,8 +629,8 @@ def _bench_datapath(a, recipe, native, rx, src):
                   f" latents: the dilated global windows span the video, so each worker needs ~all frames) + "
                   f"returned {_mb(back)} ({back / latent.nbytes:.2f} latents: windows overlap ~{back / latent.nbytes:.0f}x)")
             print(f"    predict {1e3 * _med(tp):.0f} ms = executor 'transfer' {1e3 * transfer:.0f} (driver slicing "
-                  f"[{1e3 * t_slice:.0f} alone], object-store put/get, p.copy() of results) + slowest no-op actor busy "
-                  f"{1e3 * busy_max:.0f} (frames.copy() + x[:, idx] per window, the copies _Worker makes); driver CPU "
+                  f"[{1e3 * t_slice:.0f} alone], object-store put/get, torch views of results) + slowest no-op actor busy "
+                  f"{1e3 * busy_max:.0f} (x[:, idx] per window, the copies Worker.predict makes); driver CPU "
                   f"{1e3 * pc:.0f} ms ({1e3 * ps:.0f} sys, {pf / 1e3:.0f}k page faults)")
             print(f"    merge {1e3 * _med(tm):.0f} ms in the step (driver CPU {1e3 * mc:.0f} ms, {1e3 * ms:.0f} sys, "
                   f"{mf / 1e3:.0f}k page faults) vs {1e3 * (t1 - t0):.0f} ms alone = WLS global {1e3 * (t2 - t1):.0f} + "

@@ -301,10 +301,11 @@ class RayExecutor(Executor):
             self.owns_ray = False
 
 
-def connect(address: str | None, quiet: bool = False) -> str | None:
+def connect(address: str | None, quiet: bool = False, num_cpus: int | None = None) -> str | None:
     """Connect this process to Ray: join ``address`` (or ``RAY_ADDRESS``), else start a private
-    local instance (no dashboard; auth mode: see the top of this module). Returns ``"joined"``,
-    ``"local"``, or None when Ray was already initialized. Unreachable clusters fail fast."""
+    local instance of ``num_cpus`` logical CPUs (default ``os.cpu_count()``; no dashboard; auth
+    mode: see the top of this module). Returns ``"joined"``, ``"local"``, or None when Ray was
+    already initialized. Unreachable clusters fail fast."""
     if ray is None:
         raise ClusterError("ray is not installed (pip install 'ray[default]')")
     address = address or os.environ.get("RAY_ADDRESS")
@@ -318,7 +319,7 @@ def connect(address: str | None, quiet: bool = False) -> str | None:
             raise ClusterError(f"cannot reach Ray cluster at {address!r}: {e}") from None
         return "joined"
     ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-             num_cpus=os.cpu_count(), **({"logging_level": logging.WARNING} if quiet else {}))
+             num_cpus=num_cpus or os.cpu_count(), **({"logging_level": logging.WARNING} if quiet else {}))
     return "local"
 
 
