@@ -108,6 +108,25 @@ def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):
                        dtype=spec.dtype)
 
 
+def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
+    """Refuse a parallel layout the spec's model cannot run (``SpecError`` naming the flag),
+    reading configs only: before any worker or weight is loaded."""
+    if parallel is not None and parallel.group_size > 1:
+        from .config import SpecError
+        from .methods import registry
+        from .models.registry import adapter_class
+        from .runtime.ray_executor import check_sequence_parallel
+
+        for mode, degree in (("ulysses", parallel.ulysses_degree), ("ring", parallel.ring_degree)):
+            for a in get_recipe(spec.recipe).attention_patches():
+                if degree > 1 and mode not in registry.get("attention", a.kind).sp_modes:
+                    raise SpecError(f"{mode}_degree", f"attention {a.kind} is not correct under {mode} sequence "
+                                                      f"parallelism (it supports: "
+                                                      f"{', '.join(registry.get('attention', a.kind).sp_modes) or 'none'})")
+        fam = spec.resolved.family
+        check_sequence_parallel(fam, adapter_class(fam), model_source(spec), parallel)
+
+
 def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=None,
            progress: bool = True) -> RenderResult:
     """Render ``spec`` to ``spec.out`` (atomically) and write the sidecar JSON.
@@ -131,6 +150,8 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
     t_start = time.perf_counter()
     recipe = get_recipe(spec.recipe).with_overrides(window=spec.window, stride=spec.stride)
     owned = executor is None  # a caller's executor stays open for its next render
+    if owned:
+        check_layout(spec, parallel)
     executor = executor or make_executor(spec, parallel)
     space = executor.space
     try:

@@ -74,10 +74,25 @@ def _add_render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (e.g. auto, or host:6379); default: $RAY_ADDRESS, else a private "
                         "local Ray instance started and stopped by this command")
+    add_parallel_args(p)
     add_spec_args(p, ("checkpoint_every",))
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted render of the same settings from <out>.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """The sequence-parallel layout flags (render, batch and the Ray job entry points)."""
+    p.add_argument("--ulysses-degree", type=int, default=1,
+                   help="split each window's attention heads over this many workers (Ulysses all-to-all); "
+                        "must divide the model's heads. For windows too long for one GPU, or fewer windows "
+                        "than GPUs (default: 1)")
+    p.add_argument("--ring-degree", type=int, default=1,
+                   help="split each window's keys/values over this many workers (ring); --workers must be a "
+                        "multiple of ulysses x ring, which forms that many groups (default: 1)")
+    p.add_argument("--sp-backend", choices=("native", "xfuser"), default="native",
+                   help="sequence-parallel backend: native (torch.distributed, gloo on CPU / NCCL on GPU) or "
+                        "xfuser (xDiT, CUDA only) (default: %(default)s)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_recipes()
     try:
         spec, parallel = spec_from_args(args), parallel_from_args(args)
+        from .api import check_layout
+
+        check_layout(spec, parallel)
     except SpecError as e:
         print(f"longvid render: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2

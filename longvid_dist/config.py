@@ -18,6 +18,7 @@ from .io.video import check_output_path
 from .models.registry import ResolvedModel, resolve_model
 
 DEVICES = ("auto", "cpu", "cuda")
+SP_BACKENDS = ("native", "xfuser")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -190,6 +191,16 @@ class ParallelConfig:
     address: str | None = None
     """Ray cluster to join (``auto``, ``host:port`` or ``ray://host:port``); ``None`` with
     ``workers`` starts a private local Ray instance (``RAY_ADDRESS`` is honoured too)."""
+    ulysses_degree: int = 1
+    """Workers that split one window's attention heads (Ulysses all-to-all); divides the
+    model's attention heads."""
+    ring_degree: int = 1
+    """Workers that split one window's keys/values (ring); ``workers`` actors form
+    ``workers / (ulysses_degree * ring_degree)`` groups, each running one window at a time."""
+    sp_backend: str = "native"
+    """Sequence-parallel backend: ``native`` (torch.distributed collectives in the adapter's
+    attention, split where diffusers' context-parallel plan splits) or ``xfuser`` (xDiT's USP;
+    CUDA only)."""
 
     def __post_init__(self):
         if self.workers is not None:
@@ -197,6 +208,21 @@ class ParallelConfig:
         if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
             raise SpecError("address", f"must be a Ray address such as 'auto' or 'ray://host:10001', "
                                        f"got {self.address!r}")
+        _int(self, "ulysses_degree", 1)
+        _int(self, "ring_degree", 1)
+        if self.sp_backend not in SP_BACKENDS:
+            raise SpecError("sp_backend", f"must be one of {', '.join(SP_BACKENDS)}, got {self.sp_backend!r}")
+        g = self.group_size
+        if g > 1:
+            which = "ulysses_degree" if self.ulysses_degree > 1 else "ring_degree"
+            if self.workers is None:
+                raise SpecError(which, f"{self.ulysses_degree} x {self.ring_degree} splits a window over "
+                                       f"{g} Ray workers: give --workers (a multiple of {g})")
+            if self.workers % g:
+                raise SpecError("workers", f"{self.workers} is not a multiple of --ulysses-degree x --ring-degree = {g}; "
+                                           f"use {max(g, self.workers // g * g)} or {(self.workers // g + 1) * g}")
+        if self.sp_backend == "xfuser" and g == 1:
+            raise SpecError("sp_backend", "xfuser splits windows: set --ulysses-degree or --ring-degree above 1")
 
     @property
     def distributed(self) -> bool:
@@ -210,11 +236,11 @@ class ParallelConfig:
 
     @property
     def group_size(self) -> int:
-        """Workers that share one window's attention (a sequence-parallel group); 1 today."""
-        return 1
+        """Workers that share one window's attention (a sequence-parallel group)."""
+        return self.ulysses_degree * self.ring_degree
 
     def groups(self) -> list[list[int]]:
-        """Worker ranks of each group: ``[[0], [1], ...]`` while every group has one worker."""
+        """Worker ranks of each group, consecutive: ``[[0, 1], [2, 3]]`` for 4 workers in groups of 2."""
         n, g = self.num_workers, self.group_size
         return [list(range(i, i + g)) for i in range(0, n, g)]
 

@@ -13,7 +13,7 @@ from .run import run_batch
 
 
 def build_batch_parser() -> argparse.ArgumentParser:
-    from ..cli import _Parser, add_spec_args
+    from ..cli import _Parser, add_parallel_args, add_spec_args
 
     p = _Parser(prog=PROG, description="Render every prompt of a JSONL file into a directory, several videos at "
                                        "once on a Ray cluster; rerunning the same command resumes (finished "
@@ -29,6 +29,7 @@ def build_batch_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-video", type=int, default=1, metavar="K",
                    help="Ray workers per video (one GPU each; one CPU each on a CPU-only cluster) "
                         "(default: %(default)s)")
+    add_parallel_args(p)
     p.add_argument("--max-in-flight", type=int, default=None, metavar="N",
                    help="at most N videos at once (default: as many as the cluster can host with K workers each)")
     p.add_argument("--address", default=None,
@@ -46,7 +47,9 @@ def main_batch(argv: list[str] | None = None) -> int:
     defaults = {k: getattr(args, k) for k in DEFAULT_KEYS}
     try:
         result = run_batch(args.prompts, args.out_dir, defaults, workers_per_video=args.workers_per_video,
-                           address=args.address, max_in_flight=args.max_in_flight, progress=not args.quiet)
+                           address=args.address, max_in_flight=args.max_in_flight, progress=not args.quiet,
+                           ulysses_degree=args.ulysses_degree, ring_degree=args.ring_degree,
+                           sp_backend=args.sp_backend)
     except SpecError as e:
         print(f"{PROG}: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2

@@ -22,12 +22,13 @@ from .results import BatchResult, RowResult
 
 
 def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, prog: BatchProgress,
-               workers_per_video: int, address: str | None, max_in_flight: int | None) -> None:
-    """Render ``todo`` on a pool of executors; outcomes go to the rows, ``result`` and the manifest.
+               parallel: ParallelConfig, max_in_flight: int | None) -> None:
+    """Render ``todo`` on a pool of executors of ``parallel``'s layout each; outcomes go to the
+    rows, ``result`` and the manifest.
 
-    Joins ``address`` (else ``RAY_ADDRESS``, else starts a private local Ray) unless Ray is
-    already connected in this process; only a connection made here is shut down at the end."""
-    from ..api import make_executor, model_source
+    Joins ``parallel.address`` (else ``RAY_ADDRESS``, else starts a private local Ray) unless Ray
+    is already connected in this process; only a connection made here is shut down at the end."""
+    from ..api import check_layout, make_executor, model_source
     from ..runtime.ray_executor import ClusterError, capacity, connect, shutdown
 
     owns_ray = False
@@ -37,12 +38,13 @@ def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, p
     stop = threading.Event()
     try:
         # ours to shut down when we connected (for a joined cluster: disconnect; it keeps running)
-        owns_ray = connect(address, quiet=not prog.enabled) is not None
+        workers_per_video = parallel.num_workers
+        owns_ray = connect(parallel.address, quiet=not prog.enabled) is not None
         spec0 = todo[0].spec
         fit, what = capacity(workers_per_video, spec0.device, flag="--workers-per-video")
         m = min(fit, max_in_flight or fit, len(todo))
         model_source(spec0)  # a tiny model is built here, once, not by the lanes at the same time
-        parallel = ParallelConfig(workers=workers_per_video, address=address)
+        check_layout(spec0, parallel)
         prog.log(f"{m} video(s) in flight, {workers_per_video} worker(s) each ({fit} fit the cluster's {what})")
 
         jobs: queue.Queue = queue.Queue()

@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import replace
 
+from ..config import ParallelConfig, SpecError, flag_name
 from .manifest import MANIFEST, Manifest
 from .outdir import clean_stale, finished, prepare_out_dir
 from .pool import render_all
@@ -23,7 +24,8 @@ def _positive(value, flag: str) -> None:
 
 def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, workers_per_video: int = 1,
               address: str | None = None, max_in_flight: int | None = None,
-              progress: bool = True) -> BatchResult:
+              progress: bool = True, ulysses_degree: int = 1, ring_degree: int = 1,
+              sp_backend: str = "native") -> BatchResult:
     """Render every row of ``prompts_path`` into ``out_dir``; see :mod:`longvid_dist.batch`.
 
     ``defaults``: render settings for rows that do not give them (keys:
@@ -31,6 +33,8 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     video's executor. ``address``: Ray cluster to join (else ``RAY_ADDRESS``, else a private local
     Ray; a Ray already initialized in this process is used as is). ``max_in_flight``: at most this
     many videos at once (default: as many as the cluster can host with ``workers_per_video`` each).
+    ``ulysses_degree``/``ring_degree``/``sp_backend``: each video's sequence-parallel layout
+    (:class:`~longvid_dist.config.ParallelConfig`; ``workers_per_video`` is its ``workers``).
 
     Raises :class:`BatchInputError` / :class:`SpecError` on bad input, before any Ray start.
     Per-row problems and failed renders are recorded in the result and the manifest.
@@ -40,6 +44,12 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     if max_in_flight is not None:
         _positive(max_in_flight, "--max-in-flight")
     address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        parallel = ParallelConfig(workers=workers_per_video, address=address, ulysses_degree=ulysses_degree,
+                                  ring_degree=ring_degree, sp_backend=sp_backend)
+    except SpecError as e:
+        flag = "--workers-per-video" if e.field == "workers" else flag_name(e.field)
+        raise BatchInputError(f"{flag}: {e.message}") from None
     defaults = check_defaults(dict(defaults or {}))
     lines = read_prompts(prompts_path)
     prepare_out_dir(out_dir)
@@ -57,7 +67,7 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
             prog.log(f"{result.total} rows: {result.skipped} already done, {result.failed} invalid, "
                      f"{len(todo)} to render ({resuming} resuming from a checkpoint)")
             if todo:
-                render_all(todo, result, manifest, prog, workers_per_video, address, max_in_flight)
+                render_all(todo, result, manifest, prog, parallel, max_in_flight)
         finally:
             prog.close()
     finally:

@@ -84,6 +84,9 @@ class Kind:
     """``check(recipe, section) -> message or None``: a conflict with the rest of the recipe."""
     anchor_windows: bool = False
     """Attention kinds only: the plan marks each path's first window as the anchor of the others."""
+    sp_modes: tuple[str, ...] = ("ulysses", "ring")
+    """Attention kinds only: sequence-parallel modes the patch is correct under (a layout using
+    another is refused before the render starts)."""
 
 
 _KINDS: dict[str, dict[str, Kind]] = {sec: {} for sec in SECTIONS}
@@ -91,11 +94,12 @@ _discovered = False
 
 
 def register(section: str, name: str, factory: Callable | None = None, params: dict[str, Param] | None = None,
-             requires=(), check=None, anchor_windows: bool = False) -> Kind:
+             requires=(), check=None, anchor_windows: bool = False,
+             sp_modes: tuple[str, ...] = ("ulysses", "ring")) -> Kind:
     """Register kind ``name`` of ``section``; re-registering a name replaces it (module reload)."""
     if section not in _KINDS:
         raise ValueError(f"unknown recipe section {section!r}; use one of {', '.join(SECTIONS)}")
-    k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows)
+    k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows, tuple(sp_modes))
     _KINDS[section][name] = k
     return k
 

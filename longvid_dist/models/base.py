@@ -119,3 +119,16 @@ class ModelAdapter(ABC):
     @abstractmethod
     def decode_context(self) -> int:
         """Latent frames of warm-up after which a decode starting mid-video is exact."""
+
+    def enable_sequence_parallel(self, sp) -> None:
+        """Split this replica's forwards over ``sp``'s group (``models.parallel``); None turns it
+        off. Families with the ``context_parallel`` capability implement it."""
+        raise NotImplementedError(f"{self.family.name} models have no sequence-parallel support")
+
+    @classmethod
+    def attention_heads(cls, source: str) -> int:
+        """Attention heads of the transformer in ``source`` (read from its config, no weights)."""
+        import json
+        from pathlib import Path
+
+        return int(json.loads((Path(source) / "transformer" / "config.json").read_text())["num_attention_heads"])

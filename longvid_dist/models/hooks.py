@@ -60,16 +60,14 @@ class AttentionPatch:
     receives unrotated q/k and rotates them itself via ``ctx.rotate``.
 
     Under sequence parallelism (``models/parallel.py``) a patch always sees the whole token
-    grid of the window, for the heads of its rank; ``sp_modes`` lists the modes it is correct
-    under, and ``all_heads`` asks for every head (a patch that mixes heads, such as an SVD over
-    channels), at the cost of computing them on every ulysses rank.
+    grid of the window, for the heads of its rank; ``all_heads`` asks for every head (a patch
+    that mixes heads, such as an SVD over channels), at the cost of computing them on every
+    ulysses rank.
     """
 
     name = "none"
     layers: tuple[int, ...] | None = None
     raw_qk = False
-    sp_modes: tuple[str, ...] = ("ulysses", "ring")
-    """Sequence-parallel modes the patch is correct under."""
     all_heads = False
     """Whether one head's output depends on other heads (then ulysses ranks gather heads)."""
 

@@ -40,7 +40,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 try:
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 except ImportError:  # pragma: no cover - ray is a dependency
@@ -105,6 +105,37 @@ def capacity(workers: int, device: str, flag: str = "--workers") -> tuple[int, s
     return fits, "GPU" if "GPU" in bundle else "CPU"
 
 
+def check_sequence_parallel(family, adapter_cls, source: str, parallel: ParallelConfig) -> None:
+    """Refuse a sequence-parallel layout the model or this machine cannot run, naming the flag,
+    before any worker starts."""
+    from ..config import SpecError
+
+    if parallel.group_size == 1:
+        return
+    which = "ulysses_degree" if parallel.ulysses_degree > 1 else "ring_degree"
+    if "context_parallel" not in family.capabilities:
+        raise SpecError(which, f"{family.name} models have no sequence-parallel support (context_parallel)")
+    heads = adapter_cls.attention_heads(source)
+    if heads % parallel.ulysses_degree:
+        raise SpecError("ulysses_degree", f"{parallel.ulysses_degree} must divide the model's {heads} attention heads")
+    if parallel.sp_backend == "xfuser":
+        try:
+            import xfuser  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - ImportError, or its CUDA checks failing at import
+            raise SpecError("sp_backend", f"xfuser cannot be used here ({type(e).__name__}: "
+                                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); it needs the "
+                                          f"[xfuser] extra and a CUDA GPU; use --sp-backend native") from None
+        raise SpecError("sp_backend", "xfuser's USP backend is not implemented in this release; use --sp-backend native")
+
+
+def _rendezvous(actor) -> tuple[str, int]:
+    """Run on an actor (``__ray_call__``): its node's IP address and a free TCP port there."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
 def cluster_gpus() -> int:
     """GPUs of the connected cluster."""
     return int(ray.cluster_resources().get("GPU", 0))
@@ -126,41 +157,39 @@ class RayExecutor(Executor):
             raise ClusterError("ray is not installed")
         from ..models.registry import FAMILIES, adapter_class
 
+        adapter_cls = adapter_class(FAMILIES[family])
+        check_sequence_parallel(FAMILIES[family], adapter_cls, source, parallel)  # before any actor starts
         # The coordinator holds the fp32 latent on CPU and never loads weights.
-        self.space = adapter_class(FAMILIES[family]).latent_space.from_source(source)
+        self.space = adapter_cls.latent_space.from_source(source)
         self.parallel = parallel
         self.workers: list = []
-        self.pg = None
+        self.pgs: list = []
         self.owns_ray = connect(parallel.address) == "local"
         n = parallel.num_workers
         try:
             bundle = worker_bundle(device, cpus_per_worker)
             capacity(n, device)
+            self.groups = parallel.groups()
+            """Worker ranks of each group; a window runs on one group."""
+            placement = self._place(bundle, placement_timeout)
         except ClusterError:
             self.close()
             raise
-        self.pg = placement_group([bundle] * n, strategy="PACK")
-        try:
-            ray.get(self.pg.ready(), timeout=placement_timeout)
-        except GetTimeoutError:
-            self.close()
-            raise ClusterError(f"could not place {n} workers of {_fmt(bundle)} within {placement_timeout:.0f}s; "
-                               f"available: {_fmt(ray.available_resources())}") from None
         use_gpu = "GPU" in bundle
         self.device = "cuda" if use_gpu else "cpu"
         self.dtype = resolve_dtype(dtype, use_gpu)
-        self.groups = parallel.groups()
-        """Worker ranks of each group; a window runs on one group."""
         group_of = {r: g for g in self.groups for r in g}
         actor = ray.remote(Worker)
         self.workers = [
             actor.options(
                 max_restarts=max_restarts, num_gpus=1 if use_gpu else 0, num_cpus=bundle["CPU"],
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=b),
             ).remote(family, source, self.device, self.dtype, 0 if use_gpu else cpus_per_worker,
                      rank=i, group=group_of[i])
-            for i in range(n)
+            for i, (pg, b) in enumerate(placement)
         ]
+        self.epoch: int | None = None
+        """Formation of the render's process group (sequence parallelism); None without."""
         self.max_restarts = max_restarts
         self.restarts = 0
         """Calls re-run because their worker died."""
@@ -171,9 +200,58 @@ class RayExecutor(Executor):
         self.busy = [0.0] * n
         try:
             self._run_all([(k, "warm", ()) for k in range(n)], "model load")
+            if parallel.group_size > 1:
+                self._form_world()
         except BaseException:
             self.close()
             raise
+
+    # -- placement and the sequence-parallel world ----------------------------------------
+    def _place(self, bundle: dict, timeout: float) -> list[tuple]:
+        """Placement groups: one PACK group for all workers; with sequence parallelism one
+        STRICT_PACK group per worker group (its collectives stay on one node), or PACK when a
+        group does not fit on one node. Returns ``(placement group, bundle index)`` per rank."""
+        n = len([r for g in self.groups for r in g])
+        sets = [list(range(n))] if self.parallel.group_size == 1 else self.groups
+        out: list = [None] * n
+        for ranks in sets:
+            strategies = ["PACK"] if len(sets) == 1 and self.parallel.group_size == 1 else ["STRICT_PACK", "PACK"]
+            for strategy in strategies:
+                pg = placement_group([bundle] * len(ranks), strategy=strategy)
+                try:
+                    ray.get(pg.ready(), timeout=timeout if strategy == strategies[-1] else min(timeout, 10.0))
+                    break
+                except GetTimeoutError:
+                    remove_placement_group(pg)
+                    pg = None
+            if pg is None:
+                raise ClusterError(f"could not place {len(ranks)} workers of {_fmt(bundle)} within {timeout:.0f}s; "
+                                   f"available: {_fmt(ray.available_resources())}")
+            self.pgs.append(pg)
+            for b, r in enumerate(ranks):
+                out[r] = (pg, b)
+        return out
+
+    def _form_world(self) -> None:
+        """Every worker joins one process group (mesh ``(group, ring, ulysses)``) at a fresh
+        port on rank 0's node; a new epoch each time."""
+        self.epoch = (self.epoch or 0) + 1
+        address, port = ray.get(self.workers[0].__ray_call__.remote(_rendezvous))
+        p = self.parallel
+        self._run_all([(k, "join_world", (address, port, k, len(self.workers), p.ulysses_degree, p.ring_degree,
+                                          self.epoch)) for k in range(len(self.workers))], "process group setup")
+
+    def _reform_world(self, reason: str) -> None:
+        """A member was lost: restart every worker (survivors may be blocked in a collective),
+        then form the world again."""
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise ClusterError(f"sequence-parallel group lost {self.restarts} times; giving up ({reason})")
+        for w in self.workers:
+            ray.kill(w, no_restart=False)
+        time.sleep(0.2)
+        self._run_all([(k, "warm", ()) for k in range(len(self.workers))], "model load")
+        self._form_world()
 
     # -- calls that survive a worker loss -----------------------------------------------
     def _submit(self, k: int, method: str, args: tuple):
@@ -233,8 +311,9 @@ class RayExecutor(Executor):
             items = [([pos[f] for f in w.frames], w, keep) for w, keep in todo]
             frames = np.ascontiguousarray(lat[:, need])  # [C, n, h, w]: only what this worker reads
             moved += frames.nbytes
-            calls.append((idxs, (k, "predict", (self.version, self.cond_ref, self.patches, frames, items))))
-        results = self._run_all([c for _, c in calls], "predict")
+            calls.append((idxs, (k, "predict", (self.version, self.cond_ref, self.patches, frames, items,
+                                                self.epoch))))
+        results = self._run_predict([c for _, c in calls])
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
         for (idxs, (k, _, _)), (out, busy) in zip(calls, results):
@@ -248,6 +327,29 @@ class RayExecutor(Executor):
         self.metrics.append({"bytes_moved": moved, "transfer": max(wall - max(step_busy), 0.0),
                              "worker_busy": step_busy})
         return preds
+
+    def _run_predict(self, calls: list[tuple[int, str, tuple]]) -> list:
+        """One step's predict calls (one per group). Without sequence parallelism each is
+        retried on its own; with it every member of a group runs the call (the first replies)
+        and a lost member re-forms the world and re-runs the step."""
+        if self.parallel.group_size == 1:
+            return self._run_all(calls, "predict")
+        group_of = {g[0]: g for g in self.groups}
+        while True:
+            epoch = self.epoch
+            refs, heads = [], []
+            for k, m, args in calls:
+                args = (*args[:-1], epoch)
+                heads.append(len(refs))
+                refs += [self._submit(r, m, (*args, r == k)) for r in group_of[k]]
+            try:
+                pending = list(refs)
+                while pending:  # the first failure ends the wait: other members may be blocked on it
+                    done, pending = ray.wait(pending, num_returns=1)
+                    ray.get(done[0])
+                return [ray.get(refs[i]) for i in heads]
+            except (RayActorError, RayTaskError) as e:
+                self._reform_world(f"{type(e).__name__}")
 
     def report(self) -> dict:
         """Per-step transfer metrics and per-worker busy time, for the sidecar."""
@@ -293,9 +395,9 @@ class RayExecutor(Executor):
         for w in self.workers:
             ray.kill(w)
         self.workers = []
-        if self.pg is not None:
-            remove_placement_group(self.pg)
-            self.pg = None
+        for pg in self.pgs:
+            remove_placement_group(pg)
+        self.pgs = []
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
             self.owns_ray = False

@@ -38,6 +38,8 @@ class Worker:
         self.cond_version: str | None = None
         self.busy = 0.0
         """Seconds spent predicting, over the worker's life."""
+        self.epoch: int | None = None
+        """Which formation of the render's process group this worker joined (None: none)."""
 
     @classmethod
     def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,)) -> "Worker":
@@ -69,6 +71,37 @@ class Worker:
         """Process id (tests kill it; the batch checks workers answer)."""
         return os.getpid()
 
+    # -- sequence-parallel group -----------------------------------------------------------
+    def join_world(self, address: str, port: int, world_rank: int, world_size: int, ulysses: int, ring: int,
+                   epoch: int, timeout: float = 600.0) -> bool:
+        """Join the render's process group (one world, mesh ``(group, ring, ulysses)``) and
+        split this replica's forwards over its group (``models/parallel.py``). Every worker of
+        the render calls this concurrently; ``epoch`` names this formation of the world."""
+        import datetime
+
+        import torch.distributed as dist
+
+        from ..models.parallel import build_groups
+
+        adapter = self.load()
+        self.leave_world()
+        backend = "nccl" if str(adapter.device).startswith("cuda") else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=world_rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+        adapter.enable_sequence_parallel(build_groups(world_rank, world_size, ulysses, ring))
+        self.rank, self.epoch = world_rank, epoch
+        return True
+
+    def leave_world(self) -> None:
+        """Leave the process group (if any) and run forwards unsplit again."""
+        import torch.distributed as dist
+
+        if self.adapter is not None and getattr(self.adapter, "sp", None) is not None:
+            self.adapter.enable_sequence_parallel(None)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.epoch = None
+
     # -- conditioning -----------------------------------------------------------------------
     def encode(self, prompts: dict[str, tuple[str, str]], guidance: float) -> dict[str, dict]:
         """Encode each conditioning id's (prompt, negative prompt): numpy embeddings per id."""
@@ -96,11 +129,18 @@ class Worker:
 
     # -- windows ----------------------------------------------------------------------------
     def predict(self, version: str, conds: dict[str, dict], patches: dict | None, frames: np.ndarray,
-                items: list[tuple[list[int], Window, bool]]) -> tuple[list[np.ndarray], float]:
+                items: list[tuple[list[int], Window, bool]], epoch: int | None = None,
+                reply: bool = True) -> tuple[list[np.ndarray], float]:
         """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the latent frames this
         worker needs). ``items``: per window ``(indices into frames, window, keep)``, anchors
         before their followers; returns the kept predictions ``[C, len(window), h, w]`` and the
-        busy seconds. Each window's noise level is its ``timestep``."""
+        busy seconds. Each window's noise level is its ``timestep``.
+
+        In a sequence-parallel group every member runs the same windows; ``epoch`` must be the
+        world this worker joined (a restarted worker has none and refuses, so the executor
+        re-forms the world), and only the member with ``reply`` sends predictions back."""
+        if epoch != self.epoch:
+            raise RuntimeError(f"worker {self.rank} is not in process group {epoch} (it is in {self.epoch})")
         t0 = time.perf_counter()
         adapter = self.load()
         self.install(patches)  # a restarted actor gets the patches with its first call
@@ -114,7 +154,7 @@ class Worker:
             anchor = w.anchor if w.role == "follow" else w.frames
             p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
                                 role=w.role, anchor_key=anchor)
-            if keep:
+            if keep and reply:
                 out.append(p.cpu().numpy())
         busy = time.perf_counter() - t0
         self.busy += busy
