@@ -199,8 +199,6 @@ def build_tiny_ltx(seed: int = 0):
         upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False,
         patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False,
     ).eval()
-    vae.use_framewise_encoding = False
-    vae.use_framewise_decoding = False
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
         base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1,
