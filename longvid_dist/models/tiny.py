@@ -252,7 +252,8 @@ def build_tiny_hunyuan(seed: int = 0):
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModel(CLIPTextConfig(vocab_size=len(cvocab), hidden_size=8, intermediate_size=16,
                                                   projection_dim=8, num_hidden_layers=2, num_attention_heads=2,
-                                                  max_position_embeddings=77)).eval()
+                                                  max_position_embeddings=77, bos_token_id=0,
+                                                  eos_token_id=1, pad_token_id=1)).eval()
     torch.manual_seed(seed + 1)
     transformer = HunyuanVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
