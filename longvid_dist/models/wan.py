@@ -232,7 +232,7 @@ class WanAdapter(ModelAdapter):
             timestep = t.expand(1)
         else:  # one timestep per latent frame -> per token, as Wan2.2's expand_timesteps: [1, F*h'*w']
             timestep = t.repeat_interleave(self.ctx.tokens_per_frame)[None]
-        model = self.transformer
+        model = self.experts[0]  # the (high-noise) transformer
         if self.boundary is not None and float(t.max()) < self.boundary:
             model = self.experts[1]  # low-noise expert (guidance_scale_2 defaults to guidance_scale)
         self.ctx.role, self.ctx.anchor_key = role, anchor_key
