@@ -168,7 +168,8 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
             latent, start = resumed["latent"], resumed["next_step"]
             state = SamplerState.from_state_dict(resumed["tensors"], resumed["state"])
         else:
-            state = SamplerState.shared(space.make_scheduler(spec.steps))
+            shape = space.latent_shape(spec.frames, spec.height, spec.width)
+            state = SamplerState.shared(space.make_scheduler(spec.steps, shape))
             latent = planner.init_noise(space, noise_generator(spec.seed), spec.frames, spec.height, spec.width)
             start = 0
 

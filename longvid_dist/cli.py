@@ -135,16 +135,28 @@ def parallel_from_args(args: argparse.Namespace) -> ParallelConfig:
 
 
 def _cmd_models() -> int:
-    from .models.registry import FAMILIES, TINY
+    from .methods.recipes import builtin_names, get_recipe
+    from .models.registry import CAPABILITIES, FAMILIES, TINY
 
     for fam in FAMILIES.values():
-        print(f"{fam.name:8s} {fam.description}")
-        print(f"{'':8s} pipelines: {', '.join(fam.pipeline_classes)}; frames {fam.temporal_factor}k+1, "
+        print(f"{fam.name:10s} {fam.description}")
+        print(f"{'':10s} pipelines: {', '.join(fam.pipeline_classes)}; frames {fam.temporal_factor}k+1, "
               f"size multiple of {fam.spatial_multiple}, native {fam.native_frames} frames")
+        print(f"{'':10s} capabilities: {', '.join(sorted(fam.capabilities)) or 'none'}")
         for hub in fam.hub_ids:
-            print(f"{'':8s} hub id: {hub}")
+            print(f"{'':10s} hub id: {hub}")
     for name, (fam, size) in TINY.items():
-        print(f"{name:8s} built-in tiny random-weight {fam} model ({size[0]}x{size[1]} default), no download")
+        print(f"{name:16s} built-in tiny random-weight {fam} model ({size[0]}x{size[1]} default), no download")
+    recipes, fams = builtin_names(), list(FAMILIES.values())
+    cell = {(n, f.name): "ok" if not (m := f.missing(get_recipe(n).requires())) else "no: " + "+".join(m)
+            for n in recipes for f in fams}
+    widths = [max(len(f.name), *(len(cell[n, f.name]) for n in recipes)) for f in fams]
+    first = max(len(n) for n in recipes) + 2
+    print("\nSupport matrix (recipe x family): ok, or the capabilities the family lacks")
+    print(f"{'':{first}s}" + "  ".join(f"{f.name:{w}s}" for f, w in zip(fams, widths)).rstrip())
+    for n in recipes:
+        print(f"{n:{first}s}" + "  ".join(f"{cell[n, f.name]:{w}s}" for f, w in zip(fams, widths)).rstrip())
+    print("\nCapabilities: " + "; ".join(f"{k}: {v}" for k, v in CAPABILITIES.items()))
     return 0
 
 

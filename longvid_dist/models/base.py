@@ -8,7 +8,7 @@ family's diffusers pipeline does, hands out fresh schedulers, and decodes tempor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -27,11 +27,28 @@ class Cond:
     """Negative prompt embeddings, or None when guidance is off (scale <= 1)."""
     guidance: float
     """Classifier-free guidance scale."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Further per-prompt tensors a family's transformer takes (attention masks, pooled
+    embeddings), by name."""
 
     def to_numpy(self) -> dict:
         """Plain arrays, for the Ray object store (never pickled torch CPU tensors)."""
         neg = None if self.negative_embeds is None else self.negative_embeds.float().cpu().numpy()
-        return {"pos": self.prompt_embeds.float().cpu().numpy(), "neg": neg, "guidance": self.guidance}
+        extras = {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in self.extras.items()}
+        return {"pos": self.prompt_embeds.float().cpu().numpy(), "neg": neg, "guidance": self.guidance,
+                "extras": extras}
+
+    @classmethod
+    def from_numpy(cls, data: dict, device, dtype: torch.dtype) -> "Cond":
+        """Inverse of :meth:`to_numpy`: floating arrays in ``dtype``, the rest (masks) as they were."""
+        def t(a):
+            if a is None:
+                return None
+            x = torch.from_numpy(a).to(device)
+            return x.to(dtype) if x.is_floating_point() else x
+
+        return cls(t(data["pos"]), t(data["neg"]), float(data["guidance"]),
+                   {k: t(v) for k, v in data.get("extras", {}).items()})
 
 
 class LatentSpace(ABC):
@@ -49,8 +66,10 @@ class LatentSpace(ABC):
         """Initial latent noise ``[C, F, h, w]`` drawn exactly as the stock pipeline draws it."""
 
     @abstractmethod
-    def make_scheduler(self, steps: int):
-        """A fresh scheduler (the pipeline's own class and config) with timesteps set."""
+    def make_scheduler(self, steps: int, latent_shape: tuple[int, ...] | None = None):
+        """A fresh scheduler (the pipeline's own class and config) with timesteps set; families
+        whose schedule depends on the video's size (LTX's dynamic shift) read ``latent_shape``
+        ``(C, F, h, w)``."""
 
     @abstractmethod
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -132,3 +151,19 @@ class ModelAdapter(ABC):
         from pathlib import Path
 
         return int(json.loads((Path(source) / "transformer" / "config.json").read_text())["num_attention_heads"])
+
+WHOLE_LATENT = 1 << 20
+"""``decode_context()`` of a VAE that does not stream exactly: a context longer than any video,
+so a distributed decode is one piece from frame 0."""
+
+
+def pixel_chunks(frames: np.ndarray, chunk: int, skip: int, temporal: int) -> Iterator[np.ndarray]:
+    """Pixel frames of a whole-latent decode in pieces of ``chunk`` latent frames, without the
+    pixels of the first ``skip`` latent frames (latent frame 0 decodes to one pixel frame, each
+    later one to ``temporal``)."""
+    def pixel(f: int) -> int:
+        return 0 if f == 0 else 1 + temporal * (f - 1)
+
+    latent_frames = (frames.shape[0] - 1) // temporal + 1
+    for start in range(skip, latent_frames, chunk):
+        yield frames[pixel(start):pixel(min(start + chunk, latent_frames))]

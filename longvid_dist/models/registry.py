@@ -50,6 +50,10 @@ class FamilyInfo:
     """Hub ids known to be this family (``from_pretrained`` fetches or reads them from the HF cache)."""
     capabilities: frozenset[str] = frozenset()
     """Names from :data:`CAPABILITIES` this family's adapter supports."""
+    index_keys: tuple[str, ...] = ()
+    """``model_index.json`` entries that must be set (not null/false) for a local folder of one
+    of ``pipeline_classes`` to be this family: Wan2.1 and both Wan2.2 kinds share ``WanPipeline``
+    and differ by ``transformer_2`` (two experts) or ``expand_timesteps`` (TI2V-5B)."""
 
     def missing(self, required) -> list[str]:
         """The capabilities in ``required`` this family lacks, sorted."""
@@ -59,6 +63,8 @@ class FamilyInfo:
         """Latent frames for ``frames`` pixel frames."""
         return (frames - 1) // self.temporal_factor + 1
 
+
+_WAN_CAPS = frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps", "context_parallel"})
 
 FAMILIES: dict[str, FamilyInfo] = {
     "wan": FamilyInfo(
@@ -71,11 +77,81 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=81,
         default_size=(480, 832),
         hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"),
-        capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps", "context_parallel"}),
+        capabilities=_WAN_CAPS,
+    ),
+    "wan22": FamilyInfo(
+        name="wan22",
+        description="Wan2.2 two-expert text-to-video (WanPipeline with transformer_2, boundary_ratio): A14B",
+        pipeline_classes=("WanPipeline",),
+        adapter="longvid_dist.models.wan:WanAdapter",
+        temporal_factor=4,
+        spatial_multiple=16,
+        native_frames=81,
+        default_size=(720, 1280),
+        hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers",),
+        capabilities=_WAN_CAPS,
+        index_keys=("transformer_2",),
+    ),
+    "wan22-ti2v": FamilyInfo(
+        name="wan22-ti2v",
+        description="Wan2.2 TI2V-5B text-to-video (WanPipeline, expand_timesteps, 48-channel patchified VAE)",
+        pipeline_classes=("WanPipeline",),
+        adapter="longvid_dist.models.wan:WanAdapter",
+        temporal_factor=4,
+        spatial_multiple=32,
+        native_frames=121,
+        default_size=(704, 1280),
+        hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",),
+        capabilities=_WAN_CAPS,
+        index_keys=("expand_timesteps",),
+    ),
+    "cogvideox": FamilyInfo(
+        name="cogvideox",
+        description="CogVideoX text-to-video (CogVideoXPipeline): 2B and 5B, 49-frame native clips",
+        pipeline_classes=("CogVideoXPipeline",),
+        adapter="longvid_dist.models.cogvideox:CogVideoXAdapter",
+        temporal_factor=4,
+        spatial_multiple=16,
+        native_frames=49,
+        default_size=(480, 720),
+        hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b"),
+        capabilities=frozenset({"joint_text_video_attention"}),
+    ),
+    "ltx": FamilyInfo(
+        name="ltx",
+        description="LTX-Video text-to-video (LTXPipeline): 2B, 121-frame native clips",
+        pipeline_classes=("LTXPipeline",),
+        adapter="longvid_dist.models.ltx:LTXAdapter",
+        temporal_factor=8,
+        spatial_multiple=32,
+        native_frames=121,
+        default_size=(512, 704),
+        hub_ids=("Lightricks/LTX-Video",),
+        capabilities=frozenset({"attention_patches", "per_frame_timesteps"}),
+    ),
+    "hunyuan": FamilyInfo(
+        name="hunyuan",
+        description="HunyuanVideo text-to-video (HunyuanVideoPipeline), guidance-distilled: --guidance is "
+                    "the embedded guidance; 129-frame native clips",
+        pipeline_classes=("HunyuanVideoPipeline",),
+        adapter="longvid_dist.models.hunyuan:HunyuanAdapter",
+        temporal_factor=4,
+        spatial_multiple=16,
+        native_frames=129,
+        default_size=(720, 1280),
+        hub_ids=("hunyuanvideo-community/HunyuanVideo",),
+        capabilities=frozenset({"joint_text_video_attention"}),
     ),
 }
 
-TINY = {"tiny-wan": ("wan", (64, 64))}
+TINY = {
+    "tiny-wan": ("wan", (64, 64)),
+    "tiny-wan22": ("wan22", (64, 64)),
+    "tiny-wan22-ti2v": ("wan22-ti2v", (64, 64)),
+    "tiny-cogvideox": ("cogvideox", (32, 32)),
+    "tiny-ltx": ("ltx", (64, 64)),
+    "tiny-hunyuan": ("hunyuan", (32, 32)),
+}
 """Built-in tiny models: name -> (family, default (height, width))."""
 
 
@@ -120,14 +196,31 @@ def resolve_model(name: str) -> ResolvedModel:
     if not index.is_file():
         raise ValueError(f"model path {name!r} is not a diffusers pipeline folder (no model_index.json)")
     try:
-        cls = json.loads(index.read_text()).get("_class_name", "")
+        data = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"model path {name!r}: unreadable model_index.json ({e})") from None
-    for fam in FAMILIES.values():
-        if cls in fam.pipeline_classes:
-            return ResolvedModel(name, fam, str(path.resolve()), fam.default_size)
-    supported = ", ".join(c for f in FAMILIES.values() for c in f.pipeline_classes)
+    cls = data.get("_class_name", "")
+    fam = family_of_index(data)
+    if fam is not None:
+        return ResolvedModel(name, fam, str(path.resolve()), fam.default_size)
+    supported = ", ".join(dict.fromkeys(c for f in FAMILIES.values() for c in f.pipeline_classes))
     raise ValueError(f"model path {name!r} holds a {cls or 'unknown'} pipeline; supported: {supported}")
+
+
+def _is_set(value) -> bool:
+    """A ``model_index.json`` entry that is present: not null, false or ``[null, null]``."""
+    if isinstance(value, (list, tuple)):
+        return any(v is not None for v in value)
+    return value not in (None, False)
+
+
+def family_of_index(index: dict) -> FamilyInfo | None:
+    """The family of a pipeline folder's ``model_index.json``: its ``_class_name``, and among the
+    families sharing that class the most specific one whose ``index_keys`` are all set."""
+    cls = index.get("_class_name", "")
+    fits = [f for f in FAMILIES.values()
+            if cls in f.pipeline_classes and all(_is_set(index.get(k)) for k in f.index_keys)]
+    return max(fits, key=lambda f: len(f.index_keys), default=None)
 
 
 def adapter_class(family: FamilyInfo):

@@ -1,9 +1,17 @@
-"""Wan2.1 text-to-video adapter (diffusers ``WanPipeline``).
+"""Wan text-to-video adapter (diffusers ``WanPipeline``): Wan2.1 and both Wan2.2 kinds.
 
 Latents are ``[B, C, F, h, w]`` with F = (frames - 1) / 4 + 1 and h, w = H / 8, W / 8; the
 transformer patchifies 1x2x2, so H and W are multiples of 16. Guidance is two forward passes
 (cond, uncond) combined as ``uncond + g * (cond - uncond)``, exactly as ``WanPipeline``
 computes it, so a single window over the whole video reproduces the stock pipeline bit for bit.
+
+Wan2.2 A14B (``transformer_2`` + ``boundary_ratio``): the high-noise expert ``transformer``
+predicts while the timestep is at least ``boundary_ratio * num_train_timesteps``, the low-noise
+expert ``transformer_2`` below it -- chosen per window by the window's timestep (its noisiest
+frame when frames have their own), with the pipeline's default ``guidance_scale_2 =
+guidance_scale``. Wan2.2 TI2V-5B (``expand_timesteps``): the timestep is given per token, and
+the 48-channel VAE patchifies 2x2 (16x spatial): the streamed decode unpatchifies each chunk
+before clamping, as ``AutoencoderKLWan._decode`` does, so it stays exact.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import torch
 from .base import Cond, LatentSpace, ModelAdapter
 from .hooks import AttentionPatch, AttnContext, rope_frequencies
 from .parallel import SequenceParallel, register_split_hooks
-from .registry import FAMILIES
+from .registry import FAMILIES, family_of_index
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -96,7 +104,7 @@ class WanLatentSpace(LatentSpace):
         """Clean-latent estimate from a flow prediction: ``x0 = z_t - sigma_t * v``."""
         return latent - scheduler.sigmas[step].to(latent.dtype) * pred
 
-    def make_scheduler(self, steps: int):
+    def make_scheduler(self, steps: int, latent_shape=None):
         sched = type(self.scheduler).from_config(self.scheduler.config)
         sched.set_timesteps(steps, device="cpu")
         sched.set_begin_index(0)
@@ -112,7 +120,14 @@ class WanAdapter(ModelAdapter):
     def __init__(self, pipe, device: str = "cpu"):
         self.pipe = pipe
         self.device = torch.device(device)
+        self.family = family_of_index({**pipe.config, "_class_name": "WanPipeline"}) or FAMILIES["wan"]
         self.transformer = pipe.transformer
+        self.experts = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+        """The transformers a patch goes into: one, or Wan2.2's high- and low-noise experts."""
+        ratio = pipe.config.get("boundary_ratio")
+        self.boundary = None if ratio is None else ratio * pipe.scheduler.config.num_train_timesteps
+        """Timestep below which the low-noise expert predicts (Wan2.2 A14B), else None."""
+        self.expand_timesteps = bool(pipe.config.get("expand_timesteps", False))
         self.vae = pipe.vae
         self.dtype = self.transformer.dtype
         self.space = WanLatentSpace(pipe.scheduler, pipe.transformer.config.in_channels,
@@ -123,7 +138,7 @@ class WanAdapter(ModelAdapter):
         self.sp: SequenceParallel | None = None
         self._sp_hooks: list = []
         self._installed = (None, None)
-        self._stock_processors = {i: b.attn1.processor for i, b in enumerate(self.transformer.blocks)}
+        self._stock_processors = [{i: b.attn1.processor for i, b in enumerate(m.blocks)} for m in self.experts]
         rope = self.transformer.rope
         self._stock_rope = (rope.freqs_cos.clone(), rope.freqs_sin.clone())
 
@@ -135,12 +150,14 @@ class WanAdapter(ModelAdapter):
         if key is not None and key == self.patch_key:
             return
         self._installed = (attention, temporal_rope)
-        for i, block in enumerate(self.transformer.blocks):
-            use = attention is not None and attention.applies(i)
-            if use or self.sp is not None:  # under SP every layer runs the group's attention
-                block.attn1.set_processor(_PatchedSelfAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
-            else:
-                block.attn1.set_processor(self._stock_processors[i])
+        for model, stock in zip(self.experts, self._stock_processors):
+            for i, block in enumerate(model.blocks):
+                use = attention is not None and attention.applies(i)
+                if use or self.sp is not None:  # under SP every layer runs the group's attention
+                    block.attn1.set_processor(_PatchedSelfAttention(attention if use else _PLAIN, self.ctx, i,
+                                                                    self.sp))
+                else:
+                    block.attn1.set_processor(stock[i])
         rope = self.transformer.rope
         cos, sin = (t.clone() for t in self._stock_rope)
         if temporal_rope is not None:
@@ -151,8 +168,9 @@ class WanAdapter(ModelAdapter):
                 ang = pos * float(new[j])
                 cos[:, 2 * j: 2 * j + 2] = torch.cos(ang).to(cos.dtype).view(-1, 1)  # interleaved pair
                 sin[:, 2 * j: 2 * j + 2] = torch.sin(ang).to(sin.dtype).view(-1, 1)
-        rope.freqs_cos.copy_(cos)
-        rope.freqs_sin.copy_(sin)
+        for model in self.experts:  # the experts share one RoPE configuration
+            model.rope.freqs_cos.copy_(cos)
+            model.rope.freqs_sin.copy_(sin)
         self.ctx.store.clear()
         self.patch_key = key
 
@@ -167,7 +185,7 @@ class WanAdapter(ModelAdapter):
             heads = self.transformer.config.num_attention_heads
             if heads % sp.ulysses:
                 raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
-            self._sp_hooks = register_split_hooks(self.transformer, self.transformer._cp_plan, sp)
+            self._sp_hooks = [h for m in self.experts for h in register_split_hooks(m, m._cp_plan, sp)]
         self.patch_key = None
         self.install(*self._installed)
 
@@ -209,8 +227,8 @@ class WanAdapter(ModelAdapter):
         from diffusers import WanPipeline
 
         pipe = WanPipeline.from_pretrained(source, dtype=dtype)
-        if pipe.vae.config.patch_size is not None:
-            raise ValueError(f"{source}: patchified VAEs (Wan2.2) are not supported by the Wan2.1 adapter")
+        if pipe.vae.config.patch_size is not None and not pipe.config.get("expand_timesteps", False):
+            raise ValueError(f"{source}: a patchified VAE without expand_timesteps is no known Wan model")
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device)
@@ -238,18 +256,26 @@ class WanAdapter(ModelAdapter):
         x = latent.unsqueeze(0).to(self.device, self.dtype)  # [C, L, h, w] -> [1, C, L, h, w]
         pt, ph, pw = self.transformer.config.patch_size
         self.ctx.grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
-        if t.ndim == 0:
-            timestep = t.to(self.device).expand(1)
+        t = t.to(self.device)
+        if self.expand_timesteps:  # TI2V: a timestep per token, as the pipeline's ``mask * t``
+            per_frame = t.expand(self.ctx.grid[0]) if t.ndim == 0 else t
+            ones = torch.ones(self.ctx.tokens_per_frame, dtype=torch.float32, device=self.device)
+            timestep = (ones[None, :] * per_frame[:, None]).flatten()[None]  # [1, F*h'*w']
+        elif t.ndim == 0:
+            timestep = t.expand(1)
         else:  # one timestep per latent frame -> per token, as Wan2.2's expand_timesteps: [1, F*h'*w']
-            timestep = t.to(self.device).repeat_interleave(self.ctx.tokens_per_frame)[None]
+            timestep = t.repeat_interleave(self.ctx.tokens_per_frame)[None]
+        model = self.experts[0]  # the (high-noise) transformer
+        if self.boundary is not None and float(t.max()) < self.boundary:
+            model = self.experts[1]  # low-noise expert (guidance_scale_2 defaults to guidance_scale)
         self.ctx.role, self.ctx.anchor_key = role, anchor_key
         self.ctx.branch = "cond"
-        out = self.transformer(hidden_states=x, timestep=timestep,
-                               encoder_hidden_states=cond.prompt_embeds, return_dict=False)[0]
+        out = model(hidden_states=x, timestep=timestep,
+                    encoder_hidden_states=cond.prompt_embeds, return_dict=False)[0]
         if cond.negative_embeds is not None:
             self.ctx.branch = "uncond"
-            uncond = self.transformer(hidden_states=x, timestep=timestep,
-                                      encoder_hidden_states=cond.negative_embeds, return_dict=False)[0]
+            uncond = model(hidden_states=x, timestep=timestep,
+                           encoder_hidden_states=cond.negative_embeds, return_dict=False)[0]
             out = uncond + cond.guidance * (out - uncond)
         return out[0].float()
 
@@ -269,6 +295,8 @@ class WanAdapter(ModelAdapter):
         ``skip`` leading latent frames are warm-up context whose pixels are not yielded: with
         ``skip >= decode_context()`` the frames after them equal a decode from frame 0 exactly.
         """
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
         vae = self.vae
         z = self._denormalize(latent.unsqueeze(0).to(self.device, vae.dtype))  # [1, C, F, h, w]
         drop = 0 if skip == 0 else 1 + self.space.temporal * (skip - 1)  # pixel frames of the context
@@ -281,7 +309,10 @@ class WanAdapter(ModelAdapter):
                 for i in range(x.shape[2]):
                     outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=feat_cache, feat_idx=[0],
                                             first_chunk=(start + i == 0)))
-                video = torch.clamp(torch.cat(outs, 2), -1.0, 1.0)  # [1, 3, n, H, W]
+                video = torch.cat(outs, 2)
+                if vae.config.patch_size is not None:  # Wan2.2's 48-channel VAE: [1, 3*p*p, n, H/p, W/p]
+                    video = unpatchify(video, patch_size=vae.config.patch_size)
+                video = torch.clamp(video, -1.0, 1.0)  # [1, 3, n, H, W]
                 frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
                 if drop:
                     n = min(drop, frames.shape[0])
