@@ -16,7 +16,7 @@ import torch
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
 from .lse_attention import banded_attention
 from .noise import lowpass_filter
-from .registry import CUTOFF, LAYERS, NUM, Param, num_range, register
+from .registry import CUTOFF, INT_OR_NULL, LAYERS, NUM, Param, num_range, register
 
 
 @dataclass
@@ -125,7 +125,24 @@ def _abam_check(recipe, section) -> str | None:
 register("attention", "abam", lambda params, model_info: ABAM(**params),
          {"lam": Param(NUM, 0.1, "a number in [0, 1]", num_range(0, 1)), "layers": LAYERS},
          requires=("attention_patches",), check=_abam_check, anchor_windows=True)
+BAND = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for half the model's native clip",
+             lambda v: v >= 1)
+"""The local branch's temporal band of FreeLong and FreeSpec (null: :func:`default_band`)."""
+
+
+def default_band(native_window: int) -> int:
+    """The local band for a model whose native clip is ``native_window`` latent frames: half of
+    it (10 for Wan's 21). FreeLong's band is the 16-frame training clip of its UNets, so the
+    local branch sees one native clip (``|i - j| <= band``, ``2 band + 1`` frames); its 8 only
+    carries that meaning for 16-frame models (METHODS.md §7)."""
+    return max(native_window // 2, 1)
+
+
+def resolve_band(params: dict, geometry) -> dict:
+    """A ``band`` of null resolved to :func:`default_band` of the model's native clip."""
+    return {**params, "band": params.get("band") or default_band(geometry.native_window)}
+
+
 register("attention", "freelong", lambda params, model_info: SpectralBlend(**params),
-         {"band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
-          "d_s": CUTOFF, "d_t": CUTOFF, "layers": LAYERS},
-         requires=("attention_patches",))
+         {"band": BAND, "d_s": CUTOFF, "d_t": CUTOFF, "layers": LAYERS},
+         requires=("attention_patches",), resolve=resolve_band)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
-from .attention import banded_attention
+from .attention import BAND, banded_attention, resolve_band
 from .registry import INT_OR_NULL, LAYERS, NUM, Param, num_range, register
 
 METHODS = ("gram", "randomized", "exact")
@@ -318,7 +318,7 @@ class FreeSpecAttention(AttentionPatch):
 register("attention", "freespec", lambda params, model_info: FreeSpecAttention(**params),
          {"tau": Param(NUM, 0.9, "a number in [0, 1]", num_range(0, 1)),
           "k": Param(INT_OR_NULL, None, "null (from tau) or a rank >= 0", lambda v: v >= 0),
-          "band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+          "band": BAND,
           "method": Param((str,), "gram", "gram or randomized", lambda v: v in ("gram", "randomized")),
           "layers": LAYERS},
-         requires=("attention_patches",))
+         requires=("attention_patches",), resolve=resolve_band)
