@@ -56,12 +56,16 @@ class SpectralBlend(AttentionPatch):
     Global branch: attention over the whole window. Local branch: attention restricted to a
     temporal band ``|i - j| <= band`` frames. Output: low frequencies of the global branch and
     high frequencies of the local one, ``IFFT3D(FFT3D(g) * H + FFT3D(l) * (1 - H))`` over
-    (frames, height, width), H a Gaussian low-pass with cut-offs ``d_s``, ``d_t``.
+    (frames, height, width), H a Gaussian low-pass with cut-offs ``d_s``, ``d_t``. The paper's
+    band is its 16-frame UNets' clip; for other models the recipe's null band resolves to half
+    the native latent clip (:func:`default_band`, METHODS.md §7). Per head channel, the
+    frame-major tokens ``s = (f * h + y) * w + x`` are viewed as a field ``[F, h, w]``.
     ``lowpass`` may be forced to a constant (1 returns the global branch) for checks.
     """
 
-    band: int = 8
-    """Local branch: temporal band half-width in frames."""
+    band: int = 10
+    """Local branch: temporal band half-width in frames (recipes: half the native clip, 10 for
+    Wan; FreeLong's own 8 is half its 16-frame UNets' clip)."""
     d_s: float = 0.25
     """Spatial cut-off of the low-pass, as a fraction of Nyquist."""
     d_t: float = 0.25

@@ -1,4 +1,5 @@
-"""FreeLOC (Tian et al., CVPR 2026; papers 001/003): VRPR, TSA and their per-layer dispatch.
+"""FreeLOC (Tian et al., CVPR 2026, "Free-Lunch Long Video Generation via Layer-Adaptive O.O.D
+Correction"): VRPR, TSA and their per-layer dispatch.
 
 Pure tensor functions on ``[B, S, H, D]`` tensors (``S = frames * tokens_per_frame``,
 frame-major, ``grid = (frames, h, w)``) plus the :class:`FreeLOC` patch (recipe kind ``freeloc``).
@@ -337,8 +338,12 @@ def tsa_mask(grid, D1: int = 8, D2: int = 24, Ds: int | None = None, device=None
     With frame distance ``d = |i - j|`` and in-frame (flattened h*w) token indices ``t, u``:
     visible iff ``d <= D1``, or ``D1 < d <= D2`` and ``|t - u| <= Ds`` (striped), or the key is
     in frame 0 (the sink, visible to every query). ``Ds`` None: :func:`tsa_default_ds`.
-    METHODS.md's inclusive ``d <= D1`` / ``d <= D2`` (the paper writes ``<`` and ``<=`` loosely;
-    the public code thresholds token distances rounded to 128-token blocks).
+
+    Boundaries: FreeLOC ("Free-Lunch Long Video Generation via Layer-Adaptive O.O.D
+    Correction", Method, "Tiered Sparse Attention") writes the dense tier as ``|i - j| < D1``
+    and the striped one as ``D1 <= |i - j| < D2``; the public code's masks keep distance ``D1``
+    dense, and we follow it: both tiers are inclusive (``d <= D1`` dense, ``d <= D2`` striped;
+    METHODS.md §7).
     """
     f, h, w = grid
     tpf = h * w

@@ -100,7 +100,9 @@ def lowpass_filter(f: int, h: int, w: int, kind: str = "gaussian", d_s: float = 
 
 def glc_noise_reinit(local_noise: torch.Tensor, global_noise: torch.Tensor, filter: torch.Tensor,
                      normalize: bool = True) -> torch.Tensor:
-    """GLC noise reinitialization, frequency fusion (paper 004, §3.3 Eq. 11):
+    """GLC noise reinitialization, frequency fusion (Ma et al., "GLC-Diffusion: Global-Local
+    Collaborative Diffusion for Long Video Generation", §3.3 Eq. 11; the paper says only
+    "low-pass": the filter and its cutoffs are FreeInit's, METHODS.md §7):
     ``z' = IFFT3D(FFT3D(z_local) * H + FFT3D(eta) * (1 - H))``, 3D over (F, h, w) per channel.
 
     ``filter`` is ``H`` ``[F, h, w]`` from :func:`lowpass_filter` (even, so the result is real
@@ -129,7 +131,7 @@ def glc_noise_reinit(local_noise: torch.Tensor, global_noise: torch.Tensor, filt
 def glc_reinit_noise(generator: torch.Generator, shape: Sequence[int], window: int, stride: int,
                      kind: str = "gaussian", d_s: float = 0.25, d_t: float = 0.25, order: int = 4,
                      normalize: bool = True) -> torch.Tensor:
-    """The full GLC noise reinitialization (paper 004, §3.3 and Algorithm 1, step 1): FreeNoise
+    """The full GLC noise reinitialization (GLC-Diffusion, §3.3 and Algorithm 1, step 1): FreeNoise
     local shuffle of i.i.d. noise, then :func:`glc_noise_reinit` with a fresh global Gaussian
     ``eta`` and :func:`lowpass_filter` ``(kind, d_s, d_t, order)``. Draw order: local noise,
     shuffle permutations, ``eta``."""

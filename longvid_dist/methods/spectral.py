@@ -281,15 +281,22 @@ class FreeSpecAttention(AttentionPatch):
     :func:`banded_attention` with a temporal band ``|i - j| <= band`` frames. Per batch
     element each branch is viewed as ``[S, H*D]`` and fused with :func:`freespec_fuse`
     (subspace from the global branch):
-    ``out = G V_k V_k^T + L (I - V_k V_k^T)``. When the band covers the window
+    ``out = G V_k V_k^T + L (I - V_k V_k^T)``.
+
+    Where the paper is silent: FreeSpec ("FreeSpec: Training-Free Long Video Generation via
+    Singular-Spectrum Reconstruction", abstract and method overview; its equations are not
+    public) says it decomposes "global and local features" by SVD; we take the SVD of the
+    *global* branch only and project the local branch onto the complement of its subspace
+    (METHODS.md §7, a named assumption). ``band`` null in a recipe resolves to half the
+    model's native clip (:func:`~.attention.default_band`). When the band covers the window
     (``frames <= band + 1``) both branches are the same and the global one is returned.
     ``k`` overrides ``tau`` with a fixed rank (``k = 0`` returns the local branch).
     """
 
     tau: float = 0.9
     """Spectral energy fraction the global branch's subspace holds (picks k)."""
-    band: int = 8
-    """Local branch: temporal band half-width in frames."""
+    band: int = 10
+    """Local branch: temporal band half-width in frames (recipes: half the native clip, 10 for Wan)."""
     layers: tuple[int, ...] | None = None
     """Layers patched (None: all)."""
     method: str = "gram"
