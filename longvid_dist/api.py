@@ -163,7 +163,8 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
 
         fam = spec.resolved.family
         planner = Planner(recipe, spec.latent_frames, fam.latent_frames(fam.native_frames),
-                          lambda purpose, step: keyed_generator(spec.seed, purpose, step))
+                          lambda purpose, step: keyed_generator(spec.seed, purpose, step),
+                          tokens_per_frame=(spec.height // fam.spatial_multiple) * (spec.width // fam.spatial_multiple))
         if resumed:
             latent, start = resumed["latent"], resumed["next_step"]
             state = SamplerState.from_state_dict(resumed["tensors"], resumed["state"])
@@ -173,6 +174,7 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
             latent = planner.init_noise(space, noise_generator(spec.seed), spec.frames, spec.height, spec.width)
             start = 0
 
+        first_windows = planner.windows(0, float(state.noise_level(0).max()))
         bar = _Progress(spec.steps, start, "denoise", executor) if progress else None
 
         def on_step(stats, lat, st):
@@ -210,6 +212,8 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         "seed": spec.seed,
         "model": {"name": spec.model, "family": spec.resolved.family.name, "source": spec.resolved.source},
         "recipe": recipe.to_dict(),
+        "resolved_recipe": planner.resolved(),
+        "windows": first_windows,
         "frames": writer.frames_written,
         "latent_frames": spec.latent_frames,
         "device": executor.device,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .methods.probe import PUBLISHED_TSA_FRACTION, probe
+from .methods.probe import POSITION_THRESHOLD, PUBLISHED_TSA_FRACTION, probe
 
 
 def main_probe(argv: list[str] | None = None) -> int:
@@ -27,7 +27,11 @@ def main_probe(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=256, help="query tokens sampled per layer (default: 256)")
     p.add_argument("--window", type=int, default=8, help="sliding-window half width in frames (default: 8)")
     p.add_argument("--tsa-fraction", type=float, default=PUBLISHED_TSA_FRACTION,
-                   help="fraction of layers given VRPR+TSA (default: 17/30, the published Wan2.1-1.3B split)")
+                   help="fraction of layers, the most context-sensitive, given VRPR+TSA (default: 17/30, the "
+                        "published Wan2.1-1.3B split)")
+    p.add_argument("--position-threshold", type=float, default=POSITION_THRESHOLD,
+                   help="relative attention-logit change under key position shifts from which a layer not "
+                        "given vrpr+tsa gets vrpr (else none) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe noise and query sample")
     a = p.parse_args(argv)
     try:
@@ -41,7 +45,8 @@ def main_probe(argv: list[str] | None = None) -> int:
         print("longvid probe: error: --out: must be a .json file", file=sys.stderr)
         return 2
     for name, v, ok in (("--queries", a.queries, a.queries >= 1), ("--window", a.window, a.window >= 1),
-                        ("--tsa-fraction", a.tsa_fraction, 0 <= a.tsa_fraction <= 1)):
+                        ("--tsa-fraction", a.tsa_fraction, 0 <= a.tsa_fraction <= 1),
+                        ("--position-threshold", a.position_threshold, a.position_threshold >= 0)):
         if not ok:
             print(f"longvid probe: error: {name}: out of range, got {v}", file=sys.stderr)
             return 2
@@ -51,9 +56,13 @@ def main_probe(argv: list[str] | None = None) -> int:
     from .sampling.rng import keyed_generator
 
     profile = probe(adapter, a.frames, spec.height, spec.width, keyed_generator(a.seed, "probe"), seed=a.seed,
-                    queries=a.queries, window=a.window, tsa_fraction=a.tsa_fraction)
+                    queries=a.queries, window=a.window, tsa_fraction=a.tsa_fraction,
+                    position_threshold=a.position_threshold)
     profile["model"] = a.model
+    profile["dim"] = adapter.model_info()["dim"]  # with num_layers, how a shipped profile is matched
+    profile["source"] = (f"longvid probe --model {a.model} --frames {a.frames} (seed {a.seed})")
     write_json_atomic(a.out, profile)
-    tsa = [k for k, v in profile["layers"].items() if v == "vrpr+tsa"]
-    print(f"wrote {a.out}: {profile['num_layers']} layers, vrpr+tsa on {', '.join(tsa) or 'none'}")
+    by_mode = {m: [k for k, v in profile["layers"].items() if v == m] for m in ("vrpr+tsa", "vrpr", "none")}
+    print(f"wrote {a.out}: {profile['num_layers']} layers, "
+          + "; ".join(f"{m} on {', '.join(ks) or 'none'}" for m, ks in by_mode.items()))
     return 0

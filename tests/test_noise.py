@@ -162,3 +162,39 @@ def test_antiphase_rejects_rho_outside_open_interval(rho):
 def test_noise_rejects_a_shape_that_is_not_a_latent():
     with pytest.raises(ValueError, match="shape"):
         iid_noise(gen(0), (2, 6, 4))
+
+
+def _hand_gaussian(f, h, w, d_s, d_t):
+    """FreeInit's Gaussian low-pass written out: exp(-((f_t/d_t)^2 + (f_h/d_s)^2 + (f_w/d_s)^2) / 2),
+    normalized frequencies 2*fftfreq (Nyquist = 1)."""
+    ft, fh, fw = (2 * torch.fft.fftfreq(n, dtype=torch.float64) for n in (f, h, w))
+    d2 = (ft / d_t).view(-1, 1, 1) ** 2 + (fh / d_s).view(1, -1, 1) ** 2 + (fw / d_s).view(1, 1, -1) ** 2
+    return torch.exp(-d2 / 2)
+
+
+def test_glc_reinit_noise_against_a_hand_reference():
+    """Local (shuffled) noise in the low band, eta in the high band, spatial and temporal cutoffs
+    each on their own axes: swapping the two noises or the two cutoffs fails this test."""
+    from longvid_dist.methods.noise import freenoise_shuffle, glc_reinit_noise
+
+    shape, window, stride, d_s, d_t = (2, 12, 6, 8), 4, 1, 0.45, 0.1
+    got = glc_reinit_noise(gen(5), shape, window, stride, d_s=d_s, d_t=d_t, normalize=False)
+    g = gen(5)  # draw order: local noise, shuffle permutations, eta
+    local = freenoise_shuffle(torch.randn(shape, generator=g), window, stride, g)
+    eta = torch.randn(shape, generator=g)
+    dims = (1, 2, 3)
+
+    def fuse(lo, hi, ds, dt):
+        filt = _hand_gaussian(*shape[1:], ds, dt)
+        return torch.fft.ifftn(torch.fft.fftn(lo.double(), dim=dims) * filt
+                               + torch.fft.fftn(hi.double(), dim=dims) * (1 - filt), dim=dims).real
+
+    want = fuse(local, eta, d_s, d_t)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    for wrong in (fuse(eta, local, d_s, d_t), fuse(local, eta, d_t, d_s)):
+        assert float((got.double() - wrong).abs().max()) > 0.1
+    # normalize divides by sqrt(mean(H^2 + (1 - H)^2)) of that same filter
+    filt = _hand_gaussian(*shape[1:], d_s, d_t)
+    scale = math.sqrt(float((filt ** 2 + (1 - filt) ** 2).mean()))
+    normed = glc_reinit_noise(gen(5), shape, window, stride, d_s=d_s, d_t=d_t)
+    assert torch.allclose(normed.double(), want / scale, atol=1e-5)

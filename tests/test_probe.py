@@ -21,9 +21,13 @@ def test_probe_cli_writes_a_valid_profile(tmp_path):
     assert r.returncode == 0, r.stderr
     prof = json.loads(out.read_text())
     assert prof["num_layers"] == 2 and prof["latent_frames"] == 26
-    assert set(prof["layers"]) == {"0", "1"} and set(prof["layers"].values()) <= {"vrpr", "vrpr+tsa"}
+    assert set(prof["layers"]) == {"0", "1"} and set(prof["layers"].values()) <= {"vrpr", "vrpr+tsa", "none"}
     for m in prof["metrics"].values():
         assert m["logit_change"] > 0 and m["entropy_change"] > 0
+    # FreeLOC's rule: vrpr+tsa goes to the layer with the largest entropy change (round(17/30 * 2) = 1 layer)
+    ent = {k: m["entropy_change"] for k, m in prof["metrics"].items()}
+    assert [k for k, v in prof["layers"].items() if v == "vrpr+tsa"] == [max(ent, key=ent.get)]
+    assert prof["dim"] == 24
     # the probe profile drives a freeloc recipe
     assert freeloc_profile(str(out), {"num_layers": 2, "dim": 24}) == prof["layers"]
     with pytest.raises(ValueError, match="for 2 layers"):
@@ -31,7 +35,8 @@ def test_probe_cli_writes_a_valid_profile(tmp_path):
 
 
 @pytest.mark.parametrize("args,flag", [(["--frames", "100"], "--frames"), (["--out", "x.txt"], "--out"),
-                                       (["--tsa-fraction", "2"], "--tsa-fraction")])
+                                       (["--tsa-fraction", "2"], "--tsa-fraction"),
+                                       (["--position-threshold", "-1"], "--position-threshold")])
 def test_probe_bad_input(tmp_path, args, flag):
     argv = ["--out", str(tmp_path / "p.json"), *args]
     r = subprocess.run([sys.executable, "-m", "longvid_dist.cli", "probe", *argv], capture_output=True, text=True,
@@ -55,10 +60,29 @@ def test_probe_metrics_see_position_and_context(tiny_adapter):
     assert all(abs(v[0][1]) < 1e-6 for v in p.metrics.values())
 
 
-def test_assign_ranks_by_context_sensitivity():
-    metrics = {0: (0.5, 0.30), 1: (0.5, 0.01), 2: (0.5, 0.20), 3: (0.5, 0.02)}
-    assert assign(metrics, 0.5) == {1: "vrpr+tsa", 3: "vrpr+tsa", 0: "vrpr", 2: "vrpr"}
-    assert set(assign(metrics, 0.0).values()) == {"vrpr"}
+def test_assign_follows_the_papers_rule():
+    """FreeLOC (Free-Lunch Long Video Generation via Layer-Adaptive O.O.D Correction), Layer-wise
+    Probing: VRPR+TSA to the context-sensitive layers (largest entropy change S_i), VRPR to the
+    position-sensitive ones among the rest, nothing to the others."""
+    # layer: (logit_change, entropy_change)
+    metrics = {0: (0.50, 0.30), 1: (0.50, 0.01), 2: (0.01, 0.20), 3: (0.04, 0.02), 4: (0.06, 0.05), 5: (0.9, 0.25)}
+    assert assign(metrics, 0.5, position_threshold=0.05) == {
+        0: "vrpr+tsa", 5: "vrpr+tsa", 2: "vrpr+tsa",  # the three largest S_i, whatever their logit change
+        4: "vrpr", 1: "vrpr",  # position-sensitive (>= 0.05)
+        3: "none"}  # neither
+    assert set(assign(metrics, 0.0, 0.0).values()) == {"vrpr"}
+    assert set(assign(metrics, 1.0).values()) == {"vrpr+tsa"}
+    # ties in S_i go to the lower layer
+    assert assign({0: (1, 0.1), 1: (1, 0.1)}, 0.5) == {0: "vrpr+tsa", 1: "vrpr"}
+
+
+def test_shipped_tiny_profile_follows_the_rule():
+    from longvid_dist.methods.freeloc import PROFILE_DIR
+    from longvid_dist.methods.probe import PUBLISHED_TSA_FRACTION
+
+    prof = json.loads((PROFILE_DIR / "tiny-wan.json").read_text())
+    metrics = {int(k): (m["logit_change"], m["entropy_change"]) for k, m in prof["metrics"].items()}
+    assert {str(k): v for k, v in assign(metrics, PUBLISHED_TSA_FRACTION).items()} == prof["layers"]
 
 
 def test_shipped_profiles_match_architectures():

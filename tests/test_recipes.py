@@ -112,7 +112,10 @@ def test_cli_yaml_recipe_and_bad_recipe(tmp_path):
               "--out", "r.mkv"], tmp_path)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     side = json.loads((tmp_path / "r.mkv.json").read_text())
-    assert side["recipe"]["plan"] == {"kind": "sliding", "window": 8, "stride": 4, "profile": "gaussian"}
+    assert side["recipe"]["plan"] == {"kind": "sliding", "window": 8, "stride": 4, "stride_frac": 0.5,
+                                      "profile": "gaussian"}
+    # the first step's windows as run: 16 latent frames, window 8, stride 4
+    assert side["windows"] == [{"path": "full", "frames": list(range(s, s + 8))} for s in (0, 4, 8)]
     (tmp_path / "bad.yaml").write_text("plan: {kind: glc, gamma0: 7}\n")
     p = _cli(["--prompt", "x", "--recipe", "bad.yaml", "--out", "b.mp4"], tmp_path)
     assert p.wait(timeout=60) == 2

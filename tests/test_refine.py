@@ -49,6 +49,49 @@ def test_analytic_gradient_equals_autograd(params, shape):
     assert torch.allclose(got, expected, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("params", [{}, {"lam_f": 1.0, "lam_mse": 0.7, "lam_phase": 2.0}])
+def test_mean_reduction_gradient_equals_autograd_and_averages(params):
+    x0 = rand(3, 6, 7, 5, seed=4).requires_grad_(True)
+    loss = motion_loss(x0, reduction="mean", **params)
+    (expected,) = torch.autograd.grad(loss, x0)
+    assert torch.allclose(motion_loss_grad(x0.detach(), reduction="mean", **params), expected, rtol=1e-6, atol=1e-12)
+    # mean = the sums divided by the pair count (cosine) and the element count (the rest)
+    p_sum, f_sum = motion_loss_terms(x0.detach(), reduction="sum")
+    p_mean, f_mean = motion_loss_terms(x0.detach(), reduction="mean")
+    pairs, elems = 4, 4 * 3 * 7 * 5
+    assert math.isclose(float(f_mean), float(f_sum) / elems, rel_tol=1e-12)
+    p_cos, _ = motion_loss_terms(x0.detach(), lam_mse=0.0, reduction="sum")
+    assert math.isclose(float(p_mean), float(p_cos) / pairs + (float(p_sum) - float(p_cos)) / elems, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        motion_loss_grad(x0.detach(), reduction="max")
+
+
+def _term_grads(x0, reduction):
+    """Gradient norm of each VMCR term at the paper's weights (lam_f 0.2, lam_mse 0.001, lam_phase 1)."""
+    cos = motion_loss_grad(x0, lam_f=0.0, lam_mse=0.0, reduction=reduction)
+    mse = motion_loss_grad(x0, lam_f=0.0, lam_mse=0.001, reduction=reduction) - cos
+    amp = motion_loss_grad(x0, lam_f=0.2, lam_mse=0.0, lam_phase=0.0, reduction=reduction) - cos
+    phase = motion_loss_grad(x0, lam_f=0.2, lam_mse=0.0, lam_phase=1.0, reduction=reduction) - cos - amp
+    return {k: float(v.norm()) for k, v in dict(cos=cos, mse=mse, amp=amp, phase=phase).items()}
+
+
+def test_term_gradient_magnitudes_at_wan_480p():
+    """Why omega depends on resolution under ``sum``: at a Wan-480p latent (16 x 60 x 104, 5 frames,
+    unit-Gaussian x0) the gradient norms measured were, under ``sum``, cos 5.5e-3, mse 8.3,
+    amplitude 1.65e4, phase 5.6e2 (the amplitude term ~3e6 x the cosine term) and the frequency
+    terms grow 4x when h*w does (30 x 52 -> 60 x 104); under ``mean`` cos 1.8e-3, mse 2.8e-5,
+    amplitude 5.5e-2, phase 1.9e-3, the amplitude norm the same at both sizes."""
+    big = torch.randn(16, 5, 60, 104, generator=torch.Generator().manual_seed(0))
+    small = torch.randn(16, 5, 30, 52, generator=torch.Generator().manual_seed(0))
+    s_big, s_small = _term_grads(big, "sum"), _term_grads(small, "sum")
+    m_big, m_small = _term_grads(big, "mean"), _term_grads(small, "mean")
+    assert all(v > 0 for v in (*s_big.values(), *m_big.values()))
+    assert s_big["amp"] > 1e5 * s_big["cos"] and s_big["phase"] > 1e4 * s_big["cos"]
+    assert 3.5 < s_big["amp"] / s_small["amp"] < 4.5  # ~ h*w: a fixed omega moves each element sqrt(h*w) more
+    assert 0.9 < m_big["amp"] / m_small["amp"] < 1.1  # mean: resolution-independent
+    assert m_big["amp"] < 1e3 * m_big["cos"]
+
+
 def test_each_term_has_a_nonzero_gradient():
     """So a missing term could not pass the autograd comparison by accident."""
     x0 = rand(4, 6, 8, 8, seed=2)

@@ -267,6 +267,13 @@ def test_sliding_planner_defaults_to_half_window():
     assert window_sig(plan.windows) == window_sig(sliding_windows(F, native, native // 2))
 
 
+def test_freenoise_planner_strides_a_quarter_window():
+    """FreeNoise (and diffusers' enable_free_noise) fuse windows at stride window/4: 5 of Wan's 21."""
+    F, native = 61, 21
+    plan = Planner(get_recipe("freenoise"), F, native, keyed(0)).plan(0, 999.0)
+    assert window_sig(plan.windows) == window_sig(sliding_windows(F, native, 5, "pyramid"))
+
+
 @pytest.mark.parametrize("name", builtin_names())
 @pytest.mark.parametrize("F,native,override", [(1, 21, None), (5, 21, None), (21, 21, None),
                                                (8, 21, 8), (6, 21, 9)])

@@ -16,7 +16,7 @@ import torch
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
 from .lse_attention import banded_attention
 from .noise import lowpass_filter
-from .registry import CUTOFF, LAYERS, NUM, Param, num_range, register
+from .registry import CUTOFF, INT_OR_NULL, LAYERS, NUM, Param, num_range, register
 
 
 @dataclass
@@ -56,12 +56,16 @@ class SpectralBlend(AttentionPatch):
     Global branch: attention over the whole window. Local branch: attention restricted to a
     temporal band ``|i - j| <= band`` frames. Output: low frequencies of the global branch and
     high frequencies of the local one, ``IFFT3D(FFT3D(g) * H + FFT3D(l) * (1 - H))`` over
-    (frames, height, width), H a Gaussian low-pass with cut-offs ``d_s``, ``d_t``.
+    (frames, height, width), H a Gaussian low-pass with cut-offs ``d_s``, ``d_t``. The paper's
+    band is its 16-frame UNets' clip; for other models the recipe's null band resolves to half
+    the native latent clip (:func:`default_band`, METHODS.md §7). Per head channel, the
+    frame-major tokens ``s = (f * h + y) * w + x`` are viewed as a field ``[F, h, w]``.
     ``lowpass`` may be forced to a constant (1 returns the global branch) for checks.
     """
 
-    band: int = 8
-    """Local branch: temporal band half-width in frames."""
+    band: int = 10
+    """Local branch: temporal band half-width in frames (recipes: half the native clip, 10 for
+    Wan; FreeLong's own 8 is half its 16-frame UNets' clip)."""
     d_s: float = 0.25
     """Spatial cut-off of the low-pass, as a fraction of Nyquist."""
     d_t: float = 0.25
@@ -128,7 +132,24 @@ def _abam_check(recipe, section) -> str | None:
 register("attention", "abam", lambda params, model_info: ABAM(**params),
          {"lam": Param(NUM, 0.1, "a number in [0, 1]", num_range(0, 1)), "layers": LAYERS},
          requires=("attention_patches",), check=_abam_check, anchor_windows=True)
+BAND = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for half the model's native clip",
+             lambda v: v >= 1)
+"""The local branch's temporal band of FreeLong and FreeSpec (null: :func:`default_band`)."""
+
+
+def default_band(native_window: int) -> int:
+    """The local band for a model whose native clip is ``native_window`` latent frames: half of
+    it (10 for Wan's 21). FreeLong's band is the 16-frame training clip of its UNets, so the
+    local branch sees one native clip (``|i - j| <= band``, ``2 band + 1`` frames); its 8 only
+    carries that meaning for 16-frame models (METHODS.md §7)."""
+    return max(native_window // 2, 1)
+
+
+def resolve_band(params: dict, geometry) -> dict:
+    """A ``band`` of null resolved to :func:`default_band` of the model's native clip."""
+    return {**params, "band": params.get("band") or default_band(geometry.native_window)}
+
+
 register("attention", "freelong", lambda params, model_info: SpectralBlend(**params),
-         {"band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
-          "d_s": CUTOFF, "d_t": CUTOFF, "layers": LAYERS},
-         requires=("attention_patches",))
+         {"band": BAND, "d_s": CUTOFF, "d_t": CUTOFF, "layers": LAYERS},
+         requires=("attention_patches",), resolve=resolve_band)

@@ -1,4 +1,5 @@
-"""FreeLOC (Tian et al., CVPR 2026; papers 001/003): VRPR, TSA and their per-layer dispatch.
+"""FreeLOC (Tian et al., CVPR 2026, "Free-Lunch Long Video Generation via Layer-Adaptive O.O.D
+Correction"): VRPR, TSA and their per-layer dispatch.
 
 Pure tensor functions on ``[B, S, H, D]`` tensors (``S = frames * tokens_per_frame``,
 frame-major, ``grid = (frames, h, w)``) plus the :class:`FreeLOC` patch (recipe kind ``freeloc``).
@@ -337,8 +338,12 @@ def tsa_mask(grid, D1: int = 8, D2: int = 24, Ds: int | None = None, device=None
     With frame distance ``d = |i - j|`` and in-frame (flattened h*w) token indices ``t, u``:
     visible iff ``d <= D1``, or ``D1 < d <= D2`` and ``|t - u| <= Ds`` (striped), or the key is
     in frame 0 (the sink, visible to every query). ``Ds`` None: :func:`tsa_default_ds`.
-    METHODS.md's inclusive ``d <= D1`` / ``d <= D2`` (the paper writes ``<`` and ``<=`` loosely;
-    the public code thresholds token distances rounded to 128-token blocks).
+
+    Boundaries: FreeLOC ("Free-Lunch Long Video Generation via Layer-Adaptive O.O.D
+    Correction", Method, "Tiered Sparse Attention") writes the dense tier as ``|i - j| < D1``
+    and the striped one as ``D1 <= |i - j| < D2``; the public code's masks keep distance ``D1``
+    dense, and we follow it: both tiers are inclusive (``d <= D1`` dense, ``d <= D2`` striped;
+    METHODS.md §7).
     """
     f, h, w = grid
     tpf = h * w
@@ -580,6 +585,24 @@ def freeloc_patch(params: dict, model_info: dict) -> FreeLOC:
     return patch
 
 
+def resolve_freeloc(params: dict, geometry) -> dict:
+    """The VRPR bands and TSA stripe width a render uses: ``W1``/``W2``/``G1``/``G2``/``clip``
+    from :func:`vrpr_params` of the window length when ``W1`` and ``W2`` are null (the length
+    rule sets all five), else the given ones with ``G1 = 2``, ``G2 = 8``, ``clip = 20`` for
+    nulls (as :func:`freeloc_patch` builds them); ``Ds`` from :func:`tsa_default_ds` when the
+    tokens per frame are known. ``profile`` stays as given (null: the worker picks the shipped
+    profile of its architecture)."""
+    out = dict(params)
+    if params.get("W1") is None and params.get("W2") is None:
+        p = vrpr_params(geometry.window_frames)
+        out.update(W1=p.W1, W2=p.W2, G1=p.G1, G2=p.G2, clip=p.clip)
+    elif params.get("W1") is not None and params.get("W2") is not None:
+        out.update(G1=params.get("G1") or 2, G2=params.get("G2") or 8, clip=params.get("clip") or 20)
+    if params.get("Ds") is None and geometry.tokens_per_frame:
+        out["Ds"] = tsa_default_ds(geometry.tokens_per_frame, params["D1"], params["D2"])
+    return out
+
+
 _OPT_POS = Param(INT_OR_NULL, None, "null (the length rule) or a positive integer", lambda v: v >= 1)
 
 register("attention", "freeloc", freeloc_patch, {
@@ -590,4 +613,4 @@ register("attention", "freeloc", freeloc_patch, {
     "D2": Param((int,), 24, "a positive integer (frames)", lambda v: v >= 1),
     "Ds": Param(INT_OR_NULL, None, "null (the paper's stripe width) or an integer >= 0", lambda v: v >= 0),
     "layers": LAYERS,
-}, requires=("attention_patches", "temporal_rope"))
+}, requires=("attention_patches", "temporal_rope"), resolve=resolve_freeloc)

@@ -44,9 +44,14 @@ def wls_merge(preds: list[torch.Tensor], windows: list[Window], num_frames: int)
 
 
 def glc_gamma(t: float, gamma0: float = 0.005, beta: float = 0.0005) -> float:
-    """GLC annealing coefficient (paper 004, §3.2 and §7): ``gamma = gamma0 * exp(beta * t)``,
-    ``t`` on the 0..1000 timestep scale; it grows with t, so the global path weighs most at
-    high noise."""
+    """GLC annealing coefficient (Ma et al., "GLC-Diffusion: Global-Local Collaborative
+    Diffusion for Long Video Generation", §3.2 Eq. 9, defaults from §7):
+    ``gamma = gamma0 * exp(beta * t)``, ``t`` the scheduler timestep on the 0..1000 scale.
+
+    The paper contradicts itself on the direction: its prose speaks of a transition from local
+    to global, while Eq. 9 with its defaults gives the global path 0.5-0.8% that *falls* as
+    denoising proceeds (t decreasing). We follow the equation (METHODS.md §7): gamma grows with
+    t, so the global path weighs most at high noise."""
     return gamma0 * math.exp(beta * float(t))
 
 

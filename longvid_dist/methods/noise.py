@@ -100,7 +100,9 @@ def lowpass_filter(f: int, h: int, w: int, kind: str = "gaussian", d_s: float = 
 
 def glc_noise_reinit(local_noise: torch.Tensor, global_noise: torch.Tensor, filter: torch.Tensor,
                      normalize: bool = True) -> torch.Tensor:
-    """GLC noise reinitialization, frequency fusion (paper 004, §3.3 Eq. 11):
+    """GLC noise reinitialization, frequency fusion (Ma et al., "GLC-Diffusion: Global-Local
+    Collaborative Diffusion for Long Video Generation", §3.3 Eq. 11; the paper says only
+    "low-pass": the filter and its cutoffs are FreeInit's, METHODS.md §7):
     ``z' = IFFT3D(FFT3D(z_local) * H + FFT3D(eta) * (1 - H))``, 3D over (F, h, w) per channel.
 
     ``filter`` is ``H`` ``[F, h, w]`` from :func:`lowpass_filter` (even, so the result is real
@@ -129,7 +131,7 @@ def glc_noise_reinit(local_noise: torch.Tensor, global_noise: torch.Tensor, filt
 def glc_reinit_noise(generator: torch.Generator, shape: Sequence[int], window: int, stride: int,
                      kind: str = "gaussian", d_s: float = 0.25, d_t: float = 0.25, order: int = 4,
                      normalize: bool = True) -> torch.Tensor:
-    """The full GLC noise reinitialization (paper 004, §3.3 and Algorithm 1, step 1): FreeNoise
+    """The full GLC noise reinitialization (GLC-Diffusion, §3.3 and Algorithm 1, step 1): FreeNoise
     local shuffle of i.i.d. noise, then :func:`glc_noise_reinit` with a fresh global Gaussian
     ``eta`` and :func:`lowpass_filter` ``(kind, d_s, d_t, order)``. Draw order: local noise,
     shuffle permutations, ``eta``."""
@@ -159,11 +161,20 @@ def antiphase_noise(generator: torch.Generator, shape: Sequence[int], rho: float
     return z
 
 
-def _window_stride(params: dict, ctx) -> tuple[int, int]:
+def _window_stride(params: dict, num_frames: int, native_window: int) -> tuple[int, int]:
     """A noise section's ``window`` (null: the native clip, at most the video) and ``stride``
     (null: a quarter window, FreeNoise's 16/4)."""
-    window = min(params["window"] or ctx.native_window, ctx.num_frames)
+    window = min(params["window"] or native_window, num_frames)
     return window, params["stride"] or max(window // 4, 1)
+
+
+def _resolve_window_stride(params: dict, geometry) -> dict:
+    window, stride = _window_stride(params, geometry.num_frames, geometry.native_window)
+    return {**params, "window": window, "stride": stride}
+
+
+def _ws(params: dict, ctx) -> tuple[int, int]:
+    return _window_stride(params, ctx.num_frames, ctx.native_window)
 
 
 def _shape_of(ctx) -> tuple[int, ...]:
@@ -176,16 +187,19 @@ _WINDOW = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null f
 
 register("noise", "iid", lambda params, ctx: ctx.space.init_noise(ctx.generator, ctx.frames, ctx.height, ctx.width))
 register("noise", "freenoise",
-         lambda params, ctx: freenoise_noise(ctx.keyed("noise", None), _shape_of(ctx), *_window_stride(params, ctx)),
-         {"window": _WINDOW, "stride": _QUARTER_STRIDE})
+         lambda params, ctx: freenoise_noise(ctx.keyed("noise", None), _shape_of(ctx), *_ws(params, ctx)),
+         {"window": _WINDOW, "stride": _QUARTER_STRIDE}, resolve=_resolve_window_stride)
 register("noise", "glc_reinit",
-         lambda params, ctx: glc_reinit_noise(ctx.keyed("noise", None), _shape_of(ctx), *_window_stride(params, ctx),
+         lambda params, ctx: glc_reinit_noise(ctx.keyed("noise", None), _shape_of(ctx), *_ws(params, ctx),
                                               kind=params["filter"], d_s=params["d_s"], d_t=params["d_t"],
-                                              order=params["order"]),
+                                              order=params["order"], normalize=params["normalize"]),
          {"window": _WINDOW, "stride": _QUARTER_STRIDE,
           "filter": Param((str,), "gaussian", "gaussian or butterworth", lambda v: v in ("gaussian", "butterworth")),
           "d_s": CUTOFF, "d_t": CUTOFF,
-          "order": Param((int,), 4, "a positive integer (Butterworth order)", lambda v: v >= 1)})
+          "order": Param((int,), 4, "a positive integer (Butterworth order)", lambda v: v >= 1),
+          "normalize": Param((bool,), True, "true (rescale the fused noise to unit variance; ours, the paper "
+                             "gives none) or false (the literal Eq. 11)")},
+         resolve=_resolve_window_stride)
 register("noise", "antiphase",
          lambda params, ctx: antiphase_noise(ctx.keyed("noise", None), _shape_of(ctx), rho=params["rho"]),
          {"rho": Param(NUM, -0.3, "a number in (-1, 0)", num_range(-1, 0, True, True))})

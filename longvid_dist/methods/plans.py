@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .merge import fuse_paths, glc_gamma, wls_merge
-from .registry import INT_OR_NULL, NUM, Param, num_range, register
+from .registry import INT_OR_NULL, NUM, Geometry, Param, num_range, register
 from .windows import (PROFILES, Window, dilated_windows, direct_windows, shifted_windows, sliding_windows,
                       with_anchor)
 
@@ -30,9 +30,21 @@ class StepPlan:
 
 WINDOW = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for the model's native clip",
                lambda v: v >= 1)
-STRIDE = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for half the window",
+STRIDE = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for stride_frac of the window",
                lambda v: v >= 1)
+STRIDE_FRAC = Param(NUM, 0.5, "a number in (0, 1]: the stride as a fraction of the window when stride is null "
+                    "(0.5 Gen-L-Video's half window, 0.25 FreeNoise's quarter)", num_range(0, 1, lo_open=True))
 PROFILE = Param((str,), "uniform", f"one of {', '.join(PROFILES)}", lambda v: v in PROFILES)
+
+
+def resolve_window_stride(params: dict, geometry: Geometry) -> dict:
+    """A windowed plan's ``window`` (null: the model's native clip) and ``stride`` (null:
+    ``stride_frac`` of the window, rounded down, at least 1), both at most the video."""
+    out = dict(params)
+    window = min(params.get("window") or geometry.native_window, geometry.num_frames)
+    out["window"] = window
+    out["stride"] = params.get("stride") or max(int(window * params.get("stride_frac", 0.5)), 1)
+    return out
 
 
 def _check_stride(recipe, section) -> str | None:
@@ -100,14 +112,15 @@ def _check_glc(recipe, section) -> str | None:
 
 
 register("plan", "direct", direct_plan)
-register("plan", "sliding", sliding_plan, {"window": WINDOW, "stride": STRIDE, "profile": PROFILE},
-         check=_check_stride)
+register("plan", "sliding", sliding_plan, {"window": WINDOW, "stride": STRIDE, "stride_frac": STRIDE_FRAC,
+                                          "profile": PROFILE},
+         check=_check_stride, resolve=resolve_window_stride)
 register("plan", "glc", glc_plan, {
-    "window": WINDOW, "stride": STRIDE, "profile": PROFILE,
+    "window": WINDOW, "stride": STRIDE, "stride_frac": STRIDE_FRAC, "profile": PROFILE,
     "paths": Param((str,), "both", "both, global or local", lambda v: v in ("both", "global", "local")),
     "gamma0": Param(NUM, 0.005, "a number in [0, 1]", num_range(0, 1)),
     "beta": Param(NUM, 0.0005, "a number >= 0", num_range(0)),
     "fusion": Param((str,), "gamma", "gamma (GLC Eq. 9) or freespec (spectral, at the coordinator)",
                     lambda v: v in ("gamma", "freespec")),
     "tau": Param(NUM, 0.9, "a number in [0, 1] (FreeSpec energy fraction)", num_range(0, 1)),
-}, check=_check_glc)
+}, check=_check_glc, resolve=resolve_window_stride)

@@ -1,18 +1,24 @@
-"""FreeLOC layer probing (Tian et al., "FreeLOC", layer-wise sensitivity analysis) -> a
-per-layer VRPR / VRPR+TSA profile; the ``longvid probe`` CLI is :mod:`longvid_dist.probe`.
+"""FreeLOC layer probing -> a per-layer VRPR+TSA / VRPR / none profile; the ``longvid probe``
+CLI is :mod:`longvid_dist.probe`. After Tian et al., "Free-Lunch Long Video Generation via
+Layer-Adaptive O.O.D Correction" (FreeLOC), Method, "Layer-wise Probing Mechanism".
 
 For every self-attention layer, on a sample of query tokens of one forward pass (the layer's
 output is left stock, so each layer is probed alone, in the context the model really gives it):
 
 - position sensitivity: shift the temporal RoPE position of the keys by s in {+-20, +-40}
   frames and measure the mean absolute change of the attention logits, relative to their mean
-  magnitude;
+  magnitude (the paper's attention-logits difference; ``logit_change``);
 - context sensitivity: restrict each query to keys within ``window`` frames (sliding window)
-  and measure the relative change of the attention entropy ``|H_probe - H_orig| / |H_orig|``.
+  and measure the relative change of the attention entropy
+  ``S_i = |H_probe - H_orig| / |H_orig|`` (``entropy_change``).
 
-Layers are ranked by context sensitivity: the least sensitive ``tsa_fraction`` of them get
-VRPR+TSA (they tolerate sparse, tiered context), the others VRPR only. The default fraction is
-the published Wan2.1-1.3B split (17 of 30 layers). Metrics are averaged over a few timesteps.
+Assignment (:func:`assign`), the paper's rule: the *most* context-sensitive ``tsa_fraction``
+of the layers (largest ``S_i``) get VRPR+TSA; of the others, the position-sensitive ones
+(``logit_change >= position_threshold``) get VRPR, the rest nothing. The paper applies VRPR to
+position-sensitive layers and VRPR+TSA to context-sensitive ones but publishes no cut-offs:
+the default fraction is the published Wan2.1-1.3B split (17 of 30 layers) and the default
+position threshold, 5% of the mean logit magnitude, is ours (in that published split every
+layer gets at least VRPR). Metrics are averaged over a few timesteps.
 """
 
 from __future__ import annotations
@@ -79,16 +85,27 @@ class LayerProbe(AttentionPatch):
         self.metrics.setdefault(ctx.layer, []).append((float(torch.stack(diffs).mean()), float(ent)))
 
 
-def assign(metrics: dict[int, tuple[float, float]], tsa_fraction: float) -> dict[int, str]:
-    """Rank layers by context sensitivity; the least sensitive fraction gets VRPR+TSA."""
-    order = sorted(metrics, key=lambda layer: (metrics[layer][1], layer))
+POSITION_THRESHOLD = 0.05
+"""Default ``logit_change`` from which a layer counts as position-sensitive (ours; the paper
+gives none)."""
+
+
+def assign(metrics: dict[int, tuple[float, float]], tsa_fraction: float,
+           position_threshold: float = POSITION_THRESHOLD) -> dict[int, str]:
+    """FreeLOC's layer rule on ``layer -> (logit_change, entropy_change)``: the
+    ``round(tsa_fraction * n)`` layers with the largest entropy change (context-sensitive; ties
+    to the lower layer) get ``vrpr+tsa``; of the rest, those with ``logit_change >=
+    position_threshold`` (position-sensitive) get ``vrpr``, the others ``none``."""
+    order = sorted(metrics, key=lambda layer: (-metrics[layer][1], layer))
     n_tsa = round(tsa_fraction * len(order))
-    return {layer: ("vrpr+tsa" if r < n_tsa else "vrpr") for r, layer in enumerate(order)}
+    return {layer: ("vrpr+tsa" if r < n_tsa else "vrpr" if metrics[layer][0] >= position_threshold else "none")
+            for r, layer in enumerate(order)}
 
 
 def probe(adapter, frames: int, height: int, width: int, generator: torch.Generator,
           timesteps=(900, 500, 100), seed: int = 0, queries: int = 256, window: int = 8,
-          tsa_fraction: float = PUBLISHED_TSA_FRACTION, prompt: str = "a video") -> dict:
+          tsa_fraction: float = PUBLISHED_TSA_FRACTION, position_threshold: float = POSITION_THRESHOLD,
+          prompt: str = "a video") -> dict:
     """Probe every layer of ``adapter``'s transformer on noise drawn from ``generator``
     (the CLI passes the render's keyed "probe" generator); returns the profile dict.
     ``seed`` seeds the query sample."""
@@ -102,12 +119,14 @@ def probe(adapter, frames: int, height: int, width: int, generator: torch.Genera
     finally:
         adapter.install(None, None)
     metrics = {layer: tuple(sum(v) / len(v) for v in zip(*vals)) for layer, vals in patch.metrics.items()}
-    layers = assign(metrics, tsa_fraction)
+    layers = assign(metrics, tsa_fraction, position_threshold)
     return {
         "num_layers": len(metrics),
         "latent_frames": int(z.shape[1]),
         "rule": f"rank by relative attention-entropy change under a +-{window}-frame sliding window; "
-                f"the least sensitive {tsa_fraction:.3f} of layers get vrpr+tsa",
+                f"the most sensitive {tsa_fraction:.3f} of layers get vrpr+tsa; of the rest, layers whose "
+                f"attention logits change by >= {position_threshold:g} of their mean magnitude under "
+                f"+-20/+-40-frame key shifts get vrpr, the others none",
         "layers": {str(k): layers[k] for k in sorted(layers)},
         "metrics": {str(k): {"logit_change": m[0], "entropy_change": m[1]} for k, m in sorted(metrics.items())},
     }

@@ -150,7 +150,8 @@ def _section(recipe: str, sec: str, value) -> Section:
             allowed = ", ".join(schema) or "none"
             raise RecipeError(f"recipe {recipe!r}: {sec}.{key}: unknown key for {sec} {kind}; allowed: {allowed}")
         p = schema[key]
-        if isinstance(v, bool) or not isinstance(v, p.type) or (v is not None and not p.check(v)):
+        if (isinstance(v, bool) and bool not in p.type) or not isinstance(v, p.type) \
+                or (v is not None and not p.check(v)):
             raise RecipeError(f"recipe {recipe!r}: {sec}.{key}: must be {p.allowed}, got {v!r}")
         params[key] = tuple(v) if isinstance(v, list) else v
     for key, p in schema.items():

@@ -7,8 +7,13 @@ frequency loss (2D-FFT amplitude + phase), and takes one gradient step on ``z_{t
 gradient is derived by hand (:func:`motion_loss_grad`), so no autograd graph is built and
 nothing flows through the model; tests check it against ``torch.autograd``.
 
-Reductions follow the paper's norms: sums over frame pairs and over every element / frequency
-(``||.||_2^2`` and ``||.||_1``), no means. The phase loss uses raw ``angle`` differences in
+Reductions (``reduction``): ``sum`` (default) follows the paper's norms literally -- sums over
+frame pairs and over every element / frequency (``||.||_2^2`` and ``||.||_1``). The paper does
+not say whether its norms are means; read as sums, the frequency term dominates the cosine term
+by ~10^5 at Wan-480p latent sizes and the step grows with ``h*w``, so ``omega`` tuned at one
+resolution does not transfer (METHODS.md §7; ``tests/test_refine.py`` measures it). ``mean``
+(ours) averages each term: the cosine term over frame pairs, the MSE, amplitude and phase
+terms over every element of every pair. The phase loss uses raw ``angle`` differences in
 ``(-2 pi, 2 pi)``, not wrapped, as written in Eq. 14.
 """
 
@@ -17,6 +22,9 @@ from __future__ import annotations
 import torch
 
 from .registry import NUM, Param, num_range, register
+
+REDUCTIONS = ("sum", "mean")
+"""How each VMCR term is reduced (see the module docstring)."""
 
 _EPS = 1e-12
 """Smoothing of norms and of ``|X|^2`` (see :func:`motion_loss_terms`, :func:`motion_loss_grad`)."""
@@ -37,8 +45,20 @@ def _unflat(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(p, c, h, w).transpose(0, 1)  # [P, C*h*w] -> [C, P, h, w]
 
 
-def motion_loss_terms(x0: torch.Tensor, lam_mse: float = 0.001,
-                      lam_phase: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _scales(x0: torch.Tensor, reduction: str) -> tuple[float, float]:
+    """``(cosine scale, element scale)``: 1 and 1 for ``sum``; ``1/P`` and ``1/(P C h w)`` for
+    ``mean`` (``P = F - 2`` frame pairs)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}")
+    if reduction == "sum":
+        return 1.0, 1.0
+    c, f, h, w = x0.shape
+    pairs = f - 2
+    return 1.0 / pairs, 1.0 / (pairs * c * h * w)
+
+
+def motion_loss_terms(x0: torch.Tensor, lam_mse: float = 0.001, lam_phase: float = 1.0,
+                      reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
     """VMCR pixel and frequency losses ``(l_pixel, l_freq)`` of ``x0`` (GLC Eq. 12-14).
 
     ``d_i = x0[:, i+1] - x0[:, i]`` (Eq. 12); over pairs ``(d_i, d_{i+1})``, ``i = 0..F-3``:
@@ -55,21 +75,22 @@ def motion_loss_terms(x0: torch.Tensor, lam_mse: float = 0.001,
     if x0.shape[1] < 3:
         zero = x0.new_zeros(())
         return zero, zero.clone()
+    sc, se = _scales(x0, reduction)
     d, a, b = _motion_pairs(x0)
     fa, fb = _flat(a), _flat(b)
     cos = (fa * fb).sum(1) / torch.sqrt(((fa * fa).sum(1) + _EPS) * ((fb * fb).sum(1) + _EPS))
-    pixel = (1 - cos).sum() + lam_mse * ((a - b) ** 2).sum()
+    pixel = sc * (1 - cos).sum() + se * lam_mse * ((a - b) ** 2).sum()
     spec = torch.fft.fft2(d)  # [C, F-1, h, w] complex, over (h, w)
     amp, phase = spec.abs(), spec.angle()
-    freq = (amp[:, :-1] - amp[:, 1:]).abs().sum() + lam_phase * (phase[:, :-1] - phase[:, 1:]).abs().sum()
+    freq = se * ((amp[:, :-1] - amp[:, 1:]).abs().sum() + lam_phase * (phase[:, :-1] - phase[:, 1:]).abs().sum())
     return pixel, freq
 
 
 def motion_loss(x0: torch.Tensor, lam_f: float = 0.2, lam_mse: float = 0.001,
-                lam_phase: float = 1.0) -> torch.Tensor:
+                lam_phase: float = 1.0, reduction: str = "sum") -> torch.Tensor:
     """VMCR motion alignment loss (GLC §3.4): ``l = l_pixel + lam_f * l_freq``, terms as in
     :func:`motion_loss_terms`. A 0-d tensor of ``x0``'s dtype."""
-    pixel, freq = motion_loss_terms(x0, lam_mse=lam_mse, lam_phase=lam_phase)
+    pixel, freq = motion_loss_terms(x0, lam_mse=lam_mse, lam_phase=lam_phase, reduction=reduction)
     return pixel + lam_f * freq
 
 
@@ -82,7 +103,7 @@ def _pair_grad(ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
 
 
 def motion_loss_grad(x0: torch.Tensor, lam_f: float = 0.2, lam_mse: float = 0.001,
-                     lam_phase: float = 1.0) -> torch.Tensor:
+                     lam_phase: float = 1.0, reduction: str = "sum") -> torch.Tensor:
     """Analytic gradient ``dl/dx0`` of :func:`motion_loss` (GLC Eq. 13-14), ``[C, F, h, w]``.
 
     With ``a = d_i``, ``b = d_{i+1}`` (flattened), ``n_a = sqrt(||a||^2 + eps)``:
@@ -99,14 +120,15 @@ def motion_loss_grad(x0: torch.Tensor, lam_f: float = 0.2, lam_mse: float = 0.00
         raise ValueError(f"x0 must be [C, F, h, w], got shape {list(x0.shape)}")
     if x0.shape[1] < 3:
         return torch.zeros_like(x0)
+    sc, se = _scales(x0, reduction)
     d, a, b = _motion_pairs(x0)
     # pixel term: -cos(a, b) + lam_mse ||a - b||^2 per pair
     fa, fb = _flat(a), _flat(b)  # [P, C*h*w]
     na = torch.sqrt((fa * fa).sum(1, keepdim=True) + _EPS)
     nb = torch.sqrt((fb * fb).sum(1, keepdim=True) + _EPS)
     cos = (fa * fb).sum(1, keepdim=True) / (na * nb)
-    ga = -(fb / nb - cos * fa / na) / na + 2 * lam_mse * (fa - fb)
-    gb = -(fa / na - cos * fb / nb) / nb - 2 * lam_mse * (fa - fb)
+    ga = -sc * (fb / nb - cos * fa / na) / na + se * 2 * lam_mse * (fa - fb)
+    gb = -sc * (fa / na - cos * fb / nb) / nb - se * 2 * lam_mse * (fa - fb)
     grad_d = _pair_grad(_unflat(ga, a), _unflat(gb, b))
     # frequency term: lam_f * (sum |amp_i - amp_{i+1}| + lam_phase sum |phase_i - phase_{i+1}|)
     if lam_f:
@@ -119,7 +141,7 @@ def motion_loss_grad(x0: torch.Tensor, lam_f: float = 0.2, lam_mse: float = 0.00
         n = d.shape[-2] * d.shape[-1]
         g_amp = n * torch.fft.ifft2(w_amp * torch.sgn(spec)).real
         g_phase = -n * torch.fft.ifft2(w_phase * spec / (amp * amp + _EPS)).imag
-        grad_d = grad_d + lam_f * (g_amp + lam_phase * g_phase)
+        grad_d = grad_d + se * lam_f * (g_amp + lam_phase * g_phase)
     grad = torch.zeros_like(x0)
     grad[:, 1:] += grad_d  # d = x0[:, 1:] - x0[:, :-1]
     grad[:, :-1] -= grad_d
@@ -127,7 +149,7 @@ def motion_loss_grad(x0: torch.Tensor, lam_f: float = 0.2, lam_mse: float = 0.00
 
 
 def vmcr_step(z_prev: torch.Tensor, x0: torch.Tensor, omega: float = 2e-5, lam_f: float = 0.2,
-              lam_mse: float = 0.001, lam_phase: float = 1.0) -> torch.Tensor:
+              lam_mse: float = 0.001, lam_phase: float = 1.0, reduction: str = "sum") -> torch.Tensor:
     """One VMCR update (GLC Eq. 15, Algorithm 1 line 23): ``z_{t-1} - omega * grad_{x0} l``.
 
     The loss is evaluated on the predicted clean latent ``x0`` (no gradient through the model)
@@ -136,7 +158,7 @@ def vmcr_step(z_prev: torch.Tensor, x0: torch.Tensor, omega: float = 2e-5, lam_f
     """
     if z_prev.shape != x0.shape:
         raise ValueError(f"z_prev {list(z_prev.shape)} and x0 {list(x0.shape)} must have the same shape")
-    grad = motion_loss_grad(x0, lam_f=lam_f, lam_mse=lam_mse, lam_phase=lam_phase)
+    grad = motion_loss_grad(x0, lam_f=lam_f, lam_mse=lam_mse, lam_phase=lam_phase, reduction=reduction)
     return z_prev - omega * grad.to(z_prev.dtype)
 
 
@@ -149,5 +171,8 @@ register("refine", "vmcr", _vmcr, {
     "lam_f": Param(NUM, 0.2, "a number >= 0", num_range(0)),
     "lam_mse": Param(NUM, 0.001, "a number >= 0", num_range(0)),
     "lam_phase": Param(NUM, 1.0, "a number >= 0", num_range(0)),
-    "omega": Param(NUM, 2e-5, "a number > 0", num_range(0, lo_open=True)),
+    "omega": Param(NUM, 2e-5, "a number > 0 (the step size; under reduction: sum the gradient grows with the "
+                   "latent's h*w, so omega depends on the resolution)", num_range(0, lo_open=True)),
+    "reduction": Param((str,), "sum", "sum (the paper's norms, literally) or mean (each term averaged; "
+                       "omega then transfers across resolutions)", lambda v: v in REDUCTIONS),
 })

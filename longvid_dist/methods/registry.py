@@ -18,6 +18,12 @@ Factory calling conventions, per section:
 - ``attention``: ``factory(params, model_info)`` returns an ``AttentionPatch``;
 - ``rope``: ``factory(params, train_len, test_len)`` returns ``theta -> theta'`` (numpy);
 - ``refine``: ``factory(params, ctx: RefineContext)`` returns the refined ``z_{t-1}``.
+
+A kind may also register ``resolve(params, geometry: Geometry) -> params``: the parameters with
+every null ("the model's default") replaced by the value a render of that geometry uses (a
+plan's window and stride, a band of half the native clip, FreeLOC's VRPR bands and stripe
+width). :func:`resolve` applies it; the planner hands resolved parameters to the factories and
+workers and records them in the sidecar, so what is reported is what ran.
 """
 
 from __future__ import annotations
@@ -84,9 +90,32 @@ class Kind:
     """``check(recipe, section) -> message or None``: a conflict with the rest of the recipe."""
     anchor_windows: bool = False
     """Attention kinds only: the plan marks each path's first window as the anchor of the others."""
+    resolve: Callable[[dict, "Geometry"], dict] | None = None
+    """``resolve(params, geometry) -> params`` with defaults that depend on the model or the
+    video filled in (see :func:`resolve`); None: the parameters are used as given."""
     sp_modes: tuple[str, ...] = ("ulysses", "ring")
     """Attention kinds only: sequence-parallel modes the patch is correct under (a layout using
     another is refused before the render starts)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a render's resolved parameters may depend on."""
+
+    num_frames: int
+    """Latent frames of the video."""
+    native_window: int
+    """The model's native clip length in latent frames."""
+    window: int | None = None
+    """Latent frames each model call sees (the resolved plan window; the whole video for a
+    direct plan); None: ``num_frames``."""
+    tokens_per_frame: int | None = None
+    """Transformer tokens per latent frame, when known (FreeLOC's stripe width needs it)."""
+
+    @property
+    def window_frames(self) -> int:
+        """Latent frames of one model call."""
+        return self.window or self.num_frames
 
 
 _KINDS: dict[str, dict[str, Kind]] = {sec: {} for sec in SECTIONS}
@@ -94,12 +123,13 @@ _discovered = False
 
 
 def register(section: str, name: str, factory: Callable | None = None, params: dict[str, Param] | None = None,
-             requires=(), check=None, anchor_windows: bool = False,
+             requires=(), check=None, anchor_windows: bool = False, resolve=None,
              sp_modes: tuple[str, ...] = ("ulysses", "ring")) -> Kind:
     """Register kind ``name`` of ``section``; re-registering a name replaces it (module reload)."""
     if section not in _KINDS:
         raise ValueError(f"unknown recipe section {section!r}; use one of {', '.join(SECTIONS)}")
-    k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows, tuple(sp_modes))
+    k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows, resolve,
+             tuple(sp_modes))
     _KINDS[section][name] = k
     return k
 
@@ -133,6 +163,15 @@ def get(section: str, name: str) -> Kind:
     """The registered kind ``name`` of ``section`` (``KeyError`` if none)."""
     discover()
     return _KINDS[section][name]
+
+
+def resolve(section: str, name: str, params: dict, geometry: Geometry) -> dict:
+    """``params`` of kind ``name`` with every model- or video-dependent default (null) replaced
+    by the value used for ``geometry``; idempotent (resolved parameters resolve to themselves).
+    A new dict; kinds without a ``resolve`` return their parameters unchanged."""
+    kind = get(section, name)
+    params = dict(params)
+    return dict(kind.resolve(params, geometry)) if kind.resolve else params
 
 
 def schema() -> dict[str, dict[str, dict[str, Param]]]:
@@ -190,12 +229,15 @@ def build_patches(patches: dict | None, model_info: dict):
     """``(attention patch or None, temporal-RoPE map or None)`` for a model.
 
     ``patches`` is the plain data of ``Planner.patches()`` (``attention``: list of
-    ``{kind, **params}``; ``rope``: ``{kind, **params}``; ``train_len``, ``test_len``);
+    ``{kind, **params}``; ``rope``: ``{kind, **params}``; ``train_len``, ``test_len``, and
+    optionally ``window`` and ``tokens_per_frame``, the :class:`Geometry` its defaults resolve for);
     ``model_info`` is the adapter's ``{num_layers, dim, family}`` (FreeLOC finds its shipped
     profile by it). Several attention patches are dispatched per layer (``LayerDispatch``).
     """
     if not patches:
         return None, None
+    geometry = Geometry(patches["test_len"], patches["train_len"], patches.get("window"),
+                        patches.get("tokens_per_frame"))
     built = []
     for a in patches["attention"]:
         a = dict(a)
@@ -204,6 +246,7 @@ def build_patches(patches: dict | None, model_info: dict):
             kind = get("attention", name)
         except KeyError:
             raise ValueError(f"unknown attention patch {name!r}") from None
+        a = resolve("attention", name, a, geometry)  # already resolved by the planner: unchanged
         if a.get("layers") is not None:
             a["layers"] = tuple(a["layers"])
         if kind.factory is not None:

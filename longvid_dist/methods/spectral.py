@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
-from .attention import banded_attention
+from .attention import BAND, banded_attention, resolve_band
 from .registry import INT_OR_NULL, LAYERS, NUM, Param, num_range, register
 
 METHODS = ("gram", "randomized", "exact")
@@ -281,15 +281,22 @@ class FreeSpecAttention(AttentionPatch):
     :func:`banded_attention` with a temporal band ``|i - j| <= band`` frames. Per batch
     element each branch is viewed as ``[S, H*D]`` and fused with :func:`freespec_fuse`
     (subspace from the global branch):
-    ``out = G V_k V_k^T + L (I - V_k V_k^T)``. When the band covers the window
+    ``out = G V_k V_k^T + L (I - V_k V_k^T)``.
+
+    Where the paper is silent: FreeSpec ("FreeSpec: Training-Free Long Video Generation via
+    Singular-Spectrum Reconstruction", abstract and method overview; its equations are not
+    public) says it decomposes "global and local features" by SVD; we take the SVD of the
+    *global* branch only and project the local branch onto the complement of its subspace
+    (METHODS.md §7, a named assumption). ``band`` null in a recipe resolves to half the
+    model's native clip (:func:`~.attention.default_band`). When the band covers the window
     (``frames <= band + 1``) both branches are the same and the global one is returned.
     ``k`` overrides ``tau`` with a fixed rank (``k = 0`` returns the local branch).
     """
 
     tau: float = 0.9
     """Spectral energy fraction the global branch's subspace holds (picks k)."""
-    band: int = 8
-    """Local branch: temporal band half-width in frames."""
+    band: int = 10
+    """Local branch: temporal band half-width in frames (recipes: half the native clip, 10 for Wan)."""
     layers: tuple[int, ...] | None = None
     """Layers patched (None: all)."""
     method: str = "gram"
@@ -319,7 +326,7 @@ class FreeSpecAttention(AttentionPatch):
 register("attention", "freespec", lambda params, model_info: FreeSpecAttention(**params),
          {"tau": Param(NUM, 0.9, "a number in [0, 1]", num_range(0, 1)),
           "k": Param(INT_OR_NULL, None, "null (from tau) or a rank >= 0", lambda v: v >= 0),
-          "band": Param((int,), 8, "a positive integer (frames)", lambda v: v >= 1),
+          "band": BAND,
           "method": Param((str,), "gram", "gram or randomized", lambda v: v in ("gram", "randomized")),
           "layers": LAYERS},
-         requires=("attention_patches",))
+         requires=("attention_patches",), resolve=resolve_band)

@@ -124,6 +124,11 @@ def dilated_windows(num_frames: int, length: int) -> list[Window]:
     ``d = ceil(F / L)``; the latent is padded to ``d*L`` frames by reflection, so the ``d``
     windows (offsets ``s_i = i``) each span the whole video at stride ``d`` and together cover
     every frame exactly once; padding frames get weight 0.
+
+    GLC-Diffusion ("Global-Local Collaborative Diffusion for Long Video Generation", §3.2)
+    pads the latent but does not say with what; we reflect about the last frame
+    (:func:`reflect_index`) so a padding slot holds a real frame at the current noise level
+    (zeros or fresh noise would be off the noise schedule), and drop it at merge time.
     """
     if num_frames <= length:
         return [_window(range(num_frames), "uniform", "global")]
