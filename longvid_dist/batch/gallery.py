@@ -68,8 +68,8 @@ def cards(out_dir: str) -> list[dict]:
     for e in _entries(out_dir):
         key = e["id"] if isinstance(e.get("id"), str) else f"line {e.get('line')}"
         c = by_key.setdefault(key, {"id": key, "attempts": 0, "prompt": None, "recipe": None, "out": None})
-        if e["state"] == "running":
-            c["attempts"] += 1
+        if e["state"] == "running" or (e["state"] == "failed" and c.get("state") != "running"):
+            c["attempts"] += 1  # a render started, or a row refused before starting
         for k in ("prompt", "recipe", "out"):
             c[k] = e.get(k) or c[k]
         c.update(state=e["state"], reason=e.get("reason"), time=e.get("time"), timings=e.get("timings"))
