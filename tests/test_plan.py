@@ -187,3 +187,20 @@ def test_eval_plot_draws_one_figure_for_several_videos(tmp_path):
 
     s = evaluate(paths[0], series=True)
     assert len(s["series"]["flicker"]) == 11 and np.mean(s["series"]["flicker"]) == pytest.approx(s["flicker_mad"])
+
+
+def test_ray_job_entry_points_dry_run_without_a_cluster(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "127.0.0.1:1",  # nothing listens there
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "jobs.render", "--prompt", "a cat", "--dry-run", "--json",
+                        "--frames", "961", "--workers", "8"], cwd=repo, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["workers"] == 8
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "a", "prompt": "a cat"}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "jobs.batch", str(rows), "--out-dir", str(tmp_path / "o"), "--dry-run"],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "total: 1 of 1 rows valid" in r.stdout and not (tmp_path / "o").exists()

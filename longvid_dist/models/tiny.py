@@ -7,6 +7,7 @@ full-size checkpoint uses, and the model is saved with ``save_pretrained`` and l
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ _WORDS = (
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_tokenizer(name: str = "tiny-wan"):
     """The tiny model's tokenizer, built in memory (no weights): counts a prompt's tokens."""
     return _tokenizer()
