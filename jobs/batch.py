@@ -4,7 +4,7 @@
         python -m jobs.batch /data/prompts.jsonl --out-dir /data/out --workers-per-video 2
 
 The flags are ``longvid batch``'s (render flags as per-prompt defaults, ``--out-dir``,
-``--workers-per-video``, ``--quiet``). The batch joins the job's cluster (``--address`` =
+``--workers-per-video``, ``--quiet``, ``--preview``, ``--gallery``, ``--dry-run``). The batch joins the job's cluster (``--address`` =
 ``$RAY_ADDRESS``, else ``auto``). Paths are read and written by the job's driver, on the
 node that runs it (the head node unless the job asks for other resources): use absolute
 paths on storage that node sees. Exit codes are ``longvid batch``'s: 0 all rendered,

@@ -5,7 +5,8 @@
 
 Joins the job's cluster (``--address`` = ``$RAY_ADDRESS``, else ``auto``) and, without
 ``--workers``, renders on one worker per GPU of the cluster (1 on a CPU-only cluster).
-Exit codes are ``longvid render``'s: 0 done, 1 failed, 2 bad flags (nothing rendered).
+``--dry-run`` prints the plan without contacting the cluster (give ``--workers`` for the
+layout to plan; default 1). Exit codes are ``longvid render``'s: 0 done, 1 failed, 2 bad flags (nothing rendered).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from longvid_dist import cli
 
-    if wants_help(argv):
+    if wants_help(argv) or "--dry-run" in argv:  # a plan needs no cluster: nothing is contacted
         return cli.main(["render", *argv])
     settle_auth_mode()
     argv, address = with_address(argv)

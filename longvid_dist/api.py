@@ -128,7 +128,7 @@ def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
 
 
 def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=None,
-           progress: bool = True) -> RenderResult:
+           progress: bool = True, preview: bool = False, preflight: bool = True) -> RenderResult:
     """Render ``spec`` to ``spec.out`` (atomically) and write the sidecar JSON.
 
     Runs in-process (``LocalExecutor``) unless ``parallel`` asks for Ray workers; the video is
@@ -136,7 +136,16 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
     keep their model). The coordinator checkpoints every ``spec.checkpoint_every`` steps to
     ``<out>.ckpt``; ``spec.resume`` continues from it and gives the same video as an
     uninterrupted render.
+
+    Before any model is loaded, the memory pre-flight (:func:`longvid_dist.plan_cost.preflight`)
+    refuses a request that does not fit the device with a :class:`~longvid_dist.config.SpecError`
+    (skipped for an ``executor`` passed in: its owner checked the layout). ``preview`` also
+    writes ``<out>.preview.png``, a contact sheet of evenly spaced frames.
     """
+    if preflight and executor is None:
+        from .plan_cost import preflight as check_memory
+
+        check_memory(spec, parallel)
     from .runtime import checkpoint
     from .sampling.loop import denoise
     from .sampling.planner import Planner
@@ -193,9 +202,20 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         timings["denoise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        sheet = None
+        if preview:
+            from .io.preview import PreviewSheet
+
+            sheet = PreviewSheet(spec.frames)
         with VideoWriter(spec.out, spec.width, spec.height, spec.fps) as writer:
             for chunk in executor.decode(result.latent, spec.decode_chunk):
                 writer.write(chunk)
+                if sheet:
+                    sheet.feed(chunk)
+        if sheet:
+            from .io.preview import preview_path
+
+            sheet.write(preview_path(spec.out))
         timings["decode_encode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         metrics = executor.report()

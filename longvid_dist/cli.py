@@ -7,6 +7,7 @@ before any model is loaded and before any output file exists.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import fields
 
@@ -79,6 +80,21 @@ def _add_render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted render of the same settings from <out>.ckpt")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <out>.preview.png, a contact sheet of evenly spaced frames with their numbers")
+    add_plan_args(p)
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """``--dry-run``, ``--json`` and ``--calibrate`` (render and batch)."""
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve everything from the model's configs (no weights), print the plan -- latent shape, "
+                        "windows and model forwards, bytes per step, peak memory per worker, estimated wall time "
+                        "-- and exit without rendering")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --dry-run: time one short forward of the transformer (local weights only) and keep "
+                        "the factor for later wall-time estimates of this model and device")
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -116,10 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  "see `longvid probe -h`", add_help=False)
     sub.add_parser("eval", help="model-free temporal metrics of videos (flicker, motion, consistency); "
                                 "see `longvid eval -h`", add_help=False)
+    sub.add_parser("gallery", help="write OUT_DIR/index.html, a static page of a batch's videos; "
+                                   "see `longvid gallery -h`", add_help=False)
     return parser
 
 
-_OWN_PARSERS = {"eval": ".eval:main_eval", "batch": ".batch:main_batch", "probe": ".probe:main_probe"}
+_OWN_PARSERS = {"eval": ".eval:main_eval", "batch": ".batch:main_batch", "probe": ".probe:main_probe",
+                "gallery": ".batch.gallery:main_gallery"}
 
 
 def spec_from_args(args: argparse.Namespace) -> RenderSpec:
@@ -194,6 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         from .api import check_layout
 
         check_layout(spec, parallel)
+        if (args.json or args.calibrate) and not args.dry_run:
+            raise SpecError("dry_run", f"{'--json' if args.json else '--calibrate'} goes with --dry-run")
+        from . import plan_cost
+
+        if args.calibrate:
+            plan_cost.calibrate(spec)
+        cost = plan_cost.plan(spec, parallel)
+        if args.dry_run:
+            print(json.dumps(cost.to_dict(), indent=2) if args.json else plan_cost.format_plan(cost))
+            return 0
+        if not cost.fits:
+            plan_cost.preflight(spec, parallel)  # raises the one-line refusal
+        for w in cost.warnings:
+            print(f"longvid render: warning: {w}", file=sys.stderr)
     except SpecError as e:
         print(f"longvid render: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2
@@ -201,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime.checkpoint import CheckpointError
 
     try:
-        result = render(spec, parallel, progress=not args.quiet)
+        result = render(spec, parallel, progress=not args.quiet, preview=args.preview, preflight=False)
     except CheckpointError as e:
         print(f"longvid render: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,12 @@ from .models.registry import ResolvedModel, resolve_model
 
 DEVICES = ("auto", "cpu", "cuda")
 SP_BACKENDS = ("native", "xfuser")
+INT_MAX = 2**31 - 1
+"""Largest value of an integer flag (frames, sizes, steps...): tensor shapes and ffmpeg take 32-bit sizes."""
+SEED_MAX = 2**64 - 1
+"""Largest seed ``torch.Generator.manual_seed`` takes (an unsigned 64-bit integer)."""
+FPS_MAX = 1000.0
+"""Highest output frame rate."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -125,9 +131,9 @@ class RenderSpec:
                                       f"got {getattr(self, name)}")
         _int(self, "steps", 1)
         _int(self, "decode_chunk", 1)
-        _int(self, "seed", 0)
-        _number(self, "guidance", lambda v: v >= 0, "must be >= 0")
-        _number(self, "fps", lambda v: v > 0, "must be > 0")
+        _int(self, "seed", 0, SEED_MAX)
+        _number(self, "guidance", lambda v: 0 <= v <= 1e6, "must be a number in [0, 1e6]")
+        _number(self, "fps", lambda v: 0 < v <= FPS_MAX, f"must be > 0 and <= {FPS_MAX:g}")
         from .methods.recipes import get_recipe
 
         try:
@@ -245,11 +251,14 @@ class ParallelConfig:
         return [list(range(i, i + g)) for i in range(0, n, g)]
 
 
-def _int(spec, name: str, minimum: int) -> None:
+def _int(spec, name: str, minimum: int, maximum: int = INT_MAX) -> None:
     v = getattr(spec, name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise SpecError(name, f"must be {what}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+        what = f"an integer from {minimum} to {maximum}"
+        if maximum == SEED_MAX:
+            what += " (2**64 - 1, the random generator's range)"
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise SpecError(name, f"must be {what}, got {shown}")
 
 
 def _number(spec, name: str, ok, message: str) -> None:

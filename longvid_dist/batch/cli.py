@@ -13,7 +13,7 @@ from .run import run_batch
 
 
 def build_batch_parser() -> argparse.ArgumentParser:
-    from ..cli import _Parser, add_parallel_args, add_spec_args
+    from ..cli import _Parser, add_parallel_args, add_plan_args, add_spec_args
 
     p = _Parser(prog=PROG, description="Render every prompt of a JSONL file into a directory, several videos at "
                                        "once on a Ray cluster; rerunning the same command resumes (finished "
@@ -36,6 +36,12 @@ def build_batch_parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join and leave running (e.g. auto, or host:6379); default: $RAY_ADDRESS, "
                         "else a private local Ray instance started and stopped by this command")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines (the summary is printed)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write DIR/<id>.mp4.preview.png per video: a contact sheet of evenly spaced frames")
+    p.add_argument("--gallery", action="store_true",
+                   help="previews plus DIR/index.html, one card per id (preview, prompt, recipe, state, duration, "
+                        "video link), rewritten as the batch progresses; readable from a plain file server")
+    add_plan_args(p)
     return p
 
 
@@ -46,10 +52,16 @@ def main_batch(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     defaults = {k: getattr(args, k) for k in DEFAULT_KEYS}
     try:
+        if (args.json or args.calibrate) and not args.dry_run:
+            raise SpecError("dry_run", f"{'--json' if args.json else '--calibrate'} goes with --dry-run")
+        if args.dry_run:
+            from .dryrun import main_dry_run
+
+            return main_dry_run(args, defaults)
         result = run_batch(args.prompts, args.out_dir, defaults, workers_per_video=args.workers_per_video,
                            address=args.address, max_in_flight=args.max_in_flight, progress=not args.quiet,
                            ulysses_degree=args.ulysses_degree, ring_degree=args.ring_degree,
-                           sp_backend=args.sp_backend)
+                           sp_backend=args.sp_backend, preview=args.preview, gallery=args.gallery)
     except SpecError as e:
         print(f"{PROG}: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2

@@ -59,6 +59,8 @@ class Manifest:
                                       f"(it holds {path!r})") from None
         self._cut_torn_tail()
         self.latest = read_manifest(path)
+        self.listeners: list = []
+        """Called with each appended entry (the gallery rewrites its page)."""
 
     def _cut_torn_tail(self) -> None:
         """Drop a final line without its newline (a write cut by a crash), so appends stay whole."""
@@ -89,6 +91,8 @@ class Manifest:
             os.fsync(self.fd)
             if isinstance(entry.get("id"), str):
                 self.latest[entry["id"]] = entry
+            for listener in self.listeners:
+                listener(entry)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -22,7 +22,7 @@ from .results import BatchResult, RowResult
 
 
 def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, prog: BatchProgress,
-               parallel: ParallelConfig, max_in_flight: int | None) -> None:
+               parallel: ParallelConfig, max_in_flight: int | None, preview: bool = False) -> None:
     """Render ``todo`` on a pool of executors of ``parallel``'s layout each; outcomes go to the
     rows, ``result`` and the manifest.
 
@@ -68,7 +68,7 @@ def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, p
                 if not first_ready:
                     first_ready.append(time.perf_counter())
                     prog.restart_clock()
-            _drive(ex, jobs, manifest, prog, stop)
+            _drive(ex, jobs, manifest, prog, stop, preview)
 
         lanes = [threading.Thread(target=lane, daemon=True) for _ in range(m)]
         for t in lanes:
@@ -112,7 +112,8 @@ def _join(t: threading.Thread) -> None:
         t.join(0.2)
 
 
-def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop: threading.Event) -> None:
+def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop: threading.Event,
+           preview: bool = False) -> None:
     """One executor's driver thread: render queued rows until the queue is empty."""
     from ..api import render
     from ..runtime.checkpoint import CheckpointError, checkpoint_path
@@ -125,16 +126,16 @@ def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop:
         r.state = "running"
         prog.started()
         manifest.append({"id": r.id, "state": "running", "line": r.line, "out": os.path.basename(r.out),
-                         "resume": r.spec.resume})
+                         "resume": r.spec.resume, "prompt": r.spec.prompt, "recipe": r.spec.recipe})
         try:
             try:
-                res = render(r.spec, executor=ex, progress=False)
+                res = render(r.spec, executor=ex, progress=False, preview=preview)
             except CheckpointError as e:  # a checkpoint of other settings (the row was edited)
                 prog.log(f"{r.id!r}: {e}; rendering from the start")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(checkpoint_path(r.out))
                 r.spec = replace(r.spec, resume=False)
-                res = render(r.spec, executor=ex, progress=False)
+                res = render(r.spec, executor=ex, progress=False, preview=preview)
         except Exception as e:  # noqa: BLE001 - recorded; the batch goes on
             if stop.is_set():  # interrupted: stays "running", resumes next time
                 return

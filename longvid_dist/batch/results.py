@@ -37,6 +37,8 @@ class RowResult:
     resumed_from_step: int | None = None
     """Step the render continued from (a checkpoint of an interrupted run)."""
     spec: RenderSpec | None = field(default=None, repr=False)
+    warnings: list = field(default_factory=list)
+    """Warnings of the pre-flight (a prompt longer than the text encoder reads)."""
 
     @property
     def key(self) -> str:

@@ -25,7 +25,7 @@ def _positive(value, flag: str) -> None:
 def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, workers_per_video: int = 1,
               address: str | None = None, max_in_flight: int | None = None,
               progress: bool = True, ulysses_degree: int = 1, ring_degree: int = 1,
-              sp_backend: str = "native") -> BatchResult:
+              sp_backend: str = "native", preview: bool = False, gallery: bool = False) -> BatchResult:
     """Render every row of ``prompts_path`` into ``out_dir``; see :mod:`longvid_dist.batch`.
 
     ``defaults``: render settings for rows that do not give them (keys:
@@ -35,6 +35,9 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     many videos at once (default: as many as the cluster can host with ``workers_per_video`` each).
     ``ulysses_degree``/``ring_degree``/``sp_backend``: each video's sequence-parallel layout
     (:class:`~longvid_dist.config.ParallelConfig`; ``workers_per_video`` is its ``workers``).
+    ``preview``: a contact sheet per video; ``gallery``: previews and ``DIR/index.html``, rewritten
+    on every manifest line. Rows whose memory estimate does not fit a worker's device are failed
+    with the estimate as their reason, before any Ray start.
 
     Raises :class:`BatchInputError` / :class:`SpecError` on bad input, before any Ray start.
     Per-row problems and failed renders are recorded in the result and the manifest.
@@ -54,11 +57,15 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     lines = read_prompts(prompts_path)
     prepare_out_dir(out_dir)
     manifest = Manifest(os.path.join(out_dir, MANIFEST))
+    if gallery:
+        from .gallery import write_gallery
+
+        manifest.listeners.append(lambda entry: write_gallery(out_dir, live=True))
     try:
         removed = clean_stale(out_dir)
         rows = parse_rows(lines, out_dir, defaults)
         result = BatchResult(rows, out_dir, manifest.path, workers_per_video=workers_per_video)
-        todo = classify(rows, manifest)
+        todo = classify(rows, manifest, parallel)
         prog = BatchProgress(result, progress)
         try:
             if removed:
@@ -66,25 +73,38 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
             resuming = sum(1 for r in todo if r.spec.resume)
             prog.log(f"{result.total} rows: {result.skipped} already done, {result.failed} invalid, "
                      f"{len(todo)} to render ({resuming} resuming from a checkpoint)")
+            for r in todo:
+                for w in r.warnings:
+                    prog.log(f"{r.id!r}: warning: {w}")
             if todo:
-                render_all(todo, result, manifest, prog, parallel, max_in_flight)
+                render_all(todo, result, manifest, prog, parallel, max_in_flight, preview=preview or gallery)
         finally:
             prog.close()
     finally:
+        manifest.listeners.clear()
         manifest.close()
+        if gallery:
+            write_gallery(out_dir, live=False)
     result.elapsed = time.perf_counter() - t_start
     return result
 
 
-def classify(rows: list[RowResult], manifest: Manifest) -> list[RowResult]:
-    """Record invalid rows as failed, skip finished ones; the rest (with ``resume`` set where a
-    checkpoint exists) are returned to be rendered."""
+def classify(rows: list[RowResult], manifest: Manifest, parallel: ParallelConfig | None = None) -> list[RowResult]:
+    """Record invalid rows (and those whose memory estimate does not fit) as failed, skip finished
+    ones; the rest (with ``resume`` set where a checkpoint exists) are returned to be rendered."""
+    from ..plan_cost import plan
     from ..runtime.checkpoint import checkpoint_path
 
     todo = []
     for r in rows:
+        if r.state != "failed" and finished(r.spec) is None:
+            cost = plan(r.spec, parallel)
+            if not cost.fits:
+                r.state, r.reason = "failed", f"does not fit in memory: {cost.refusal}"
+            r.warnings = cost.warnings
         if r.state == "failed":
-            manifest.append({"id": r.id, "state": "failed", "line": r.line, "reason": r.reason})
+            extra = {"prompt": r.spec.prompt, "recipe": r.spec.recipe} if r.spec else {}
+            manifest.append({"id": r.id, "state": "failed", "line": r.line, "reason": r.reason, **extra})
             continue
         side = finished(r.spec)
         ckpt = checkpoint_path(r.out)

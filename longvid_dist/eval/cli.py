@@ -60,6 +60,9 @@ def build_eval_parser(prog: str = "longvid eval") -> argparse.ArgumentParser:
                    help=".mp4, .mkv (or any ffmpeg-readable video) or a PNG-frame directory")
     p.add_argument("--json", metavar="OUT.json", default=None,
                    help="also write per-video metrics, metric definitions and VBench status/results as JSON")
+    p.add_argument("--plot", metavar="OUT.png", default=None,
+                   help="also draw per-frame flicker, motion and feature consistency over time, every video side "
+                        "by side (window edges from a render's sidecar as faint lines), as a PNG")
     p.add_argument("--vbench", action="store_true",
                    help="also run VBench (" + ", ".join(VBENCH_DIMENSIONS) + ") when it and its weights are "
                         "installed; otherwise say what is missing on stderr (the model-free metrics are still "
@@ -96,6 +99,13 @@ def main_eval(argv: list[str] | None = None) -> int:
         if problem:
             print(f"{prog}: error: --json: {args.json}: {problem}", file=sys.stderr)
             return 2
+    if args.plot is not None:
+        problem = _check_json_out(args.plot)
+        if problem is None and not args.plot.lower().endswith(".png"):
+            problem = "must end in .png"
+        if problem:
+            print(f"{prog}: error: --plot: {args.plot}: {problem}", file=sys.stderr)
+            return 2
     infos = []
     for path in args.videos:
         try:
@@ -104,8 +114,16 @@ def main_eval(argv: list[str] | None = None) -> int:
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
 
-    results = [evaluate(p, info) for p, info in zip(args.videos, infos)]
+    series = args.plot is not None
+    results = [evaluate(p, info, series=series) for p, info in zip(args.videos, infos)]
     print(format_table(results))
+    if series:
+        from .plot import plot_series
+
+        plot_series(results, args.plot)
+        for r in results:
+            r.pop("series", None)
+        print(f"wrote {args.plot}")
 
     available, reason = vbench_status()
     vb: dict = {"requested": bool(args.vbench), "available": available, "reason": reason}

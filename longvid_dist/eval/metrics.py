@@ -151,7 +151,9 @@ def temporal_consistency(frames: np.ndarray) -> dict:
 class _Accumulator:
     """Streaming state: metrics over consecutive pairs, carried across chunks."""
 
-    def __init__(self) -> None:
+    def __init__(self, series: bool = False) -> None:
+        self.series: dict[str, list[float]] | None = (
+            {"flicker": [], "motion": [], "consistency": [], "consistency_first": []} if series else None)
         self.frames = 0
         self.mad_sum = 0.0
         self.motion_sum = 0.0
@@ -176,11 +178,16 @@ class _Accumulator:
             g = torch.cat((self._last_luma, g))
             f = torch.cat((self._last_feat, f))
         if x.shape[0] >= 2:
-            self.mad_sum += float(_pair_abs_diff(x).sum())
-            self.motion_sum += float(_pair_motion(g, *self._scale).sum())
-            self.cons_sum += float((f[1:] * f[:-1]).sum())
-            self.first_sum += float((f[1:] * self._first_feat).sum())
+            mad, mot = _pair_abs_diff(x), _pair_motion(g, *self._scale)
+            cons, first = (f[1:] * f[:-1]).sum(1), (f[1:] * self._first_feat).sum(1)
+            self.mad_sum += float(mad.sum())
+            self.motion_sum += float(mot.sum())
+            self.cons_sum += float(cons.sum())
+            self.first_sum += float(first.sum())
             self.pairs += x.shape[0] - 1
+            if self.series is not None:
+                for k, v in (("flicker", mad), ("motion", mot), ("consistency", cons), ("consistency_first", first)):
+                    self.series[k] += [float(a) for a in v.reshape(-1)]
         self.frames += chunk.shape[0]
         self._last_rgb, self._last_luma, self._last_feat = x[-1:], g[-1:], f[-1:]
 
@@ -194,7 +201,7 @@ class _Accumulator:
                 "consistency": self.cons_sum / p, "consistency_first": self.first_sum / p}
 
 
-def evaluate(path: str, info: Optional[dict] = None) -> dict:
+def evaluate(path: str, info: Optional[dict] = None, series: bool = False) -> dict:
     """All model-free metrics of one video (file or PNG-frame directory), streamed in chunks.
 
     Returns ``{"path", "frames", "width", "height", "fps", "flicker_mad",
@@ -207,8 +214,11 @@ def evaluate(path: str, info: Optional[dict] = None) -> dict:
     which this pass does anyway.)
     """
     info = info or check_video(path)
-    acc = _Accumulator()
+    acc = _Accumulator(series)
     for chunk in iter_frames(path, CHUNK_FRAMES):
         acc.update(chunk)
-    return {"path": path, "frames": acc.frames, "width": info["width"], "height": info["height"],
-            "fps": info["fps"], **acc.result()}
+    out = {"path": path, "frames": acc.frames, "width": info["width"], "height": info["height"],
+           "fps": info["fps"], **acc.result()}
+    if series:
+        out["series"] = acc.series
+    return out

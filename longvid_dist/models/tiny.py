@@ -7,6 +7,7 @@ full-size checkpoint uses, and the model is saved with ``save_pretrained`` and l
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,6 +24,12 @@ _WORDS = (
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer(name: str = "tiny-wan"):
+    """The tiny model's tokenizer, built in memory (no weights): counts a prompt's tokens."""
+    return _tokenizer()
+
+
 def _tokenizer():
     from transformers import T5Tokenizer
 
@@ -30,6 +37,19 @@ def _tokenizer():
     vocab += [("\u2581" + w, -1.0 - i * 0.01) for i, w in enumerate(_WORDS)]
     vocab += [("\u2581", -5.0)] + [(c, -10.0) for c in _LETTERS]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+TINY_WAN_CONFIGS = {
+    "text_encoder": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                         pad_token_id=0, eos_token_id=1),
+    "transformer": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024),
+    "vae": dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
+}
+"""Constructor arguments of the tiny Wan components: what ``--dry-run`` reads instead of building it."""
+
+TINY_CONFIGS = {"tiny-wan": TINY_WAN_CONFIGS}
 
 
 def build_tiny_wan(seed: int = 0):
@@ -42,22 +62,12 @@ def build_tiny_wan(seed: int = 0):
     tokenizer = _tokenizer()
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-        )
+        UMT5Config(vocab_size=len(tokenizer), **TINY_WAN_CONFIGS["text_encoder"])
     ).eval()
     torch.manual_seed(seed + 1)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-    ).eval()
+    transformer = WanTransformer3DModel(**TINY_WAN_CONFIGS["transformer"]).eval()
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    ).eval()
+    vae = AutoencoderKLWan(**TINY_WAN_CONFIGS["vae"]).eval()
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
     )
