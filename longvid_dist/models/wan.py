@@ -51,7 +51,7 @@ class _PatchedSelfAttention:
         q, k, v = _get_qkv_projections(attn, hidden_states, None)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # [B, S, H*D] -> [B, S, H, D]
-        self.ctx.layer = self.layer
+        self.ctx.layer, self.ctx.mask = self.layer, attention_mask
         if not self.patch.wants_raw(self.layer):
             q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
         if self.sp is not None:

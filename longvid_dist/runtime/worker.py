@@ -152,8 +152,9 @@ class Worker:
         out = []
         for idx, w, keep in items:
             anchor = w.anchor if w.role == "follow" else w.frames
+            extra = {} if w.causal_block is None else {"causal_block": w.causal_block}
             p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
-                                role=w.role, anchor_key=anchor)
+                                role=w.role, anchor_key=anchor, **extra)
             if keep and reply:
                 out.append(p.cpu().numpy())
         busy = time.perf_counter() - t0

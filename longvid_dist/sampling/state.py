@@ -59,7 +59,10 @@ class SamplerState:
         """``latent [C, F, h, w]`` after one scheduler step with model prediction ``pred``.
 
         Per frame, ``step`` is an index per frame and only ``frames`` (default all) advance;
-        each advancing frame steps its own scheduler on its own slice."""
+        each advancing frame steps its own scheduler on its own slice, passed without the frame
+        axis (``[1, C, h, w]``) as diffusers' SkyReels-V2 diffusion-forcing pipeline passes it:
+        multistep solvers contract their history with ``einsum``, whose rounding depends on the
+        operand's rank, so this is what keeps the stock pipeline's bits."""
         if not self.per_frame:
             t = self.scheduler.timesteps[int(step)]
             return self.scheduler.step(pred[None], t, latent[None], return_dict=False)[0][0]
@@ -67,9 +70,10 @@ class SamplerState:
         idx = np.broadcast_to(np.asarray(step), (len(self.schedulers),))
         for f in range(len(self.schedulers)) if frames is None else frames:
             s = self.schedulers[f]
-            sl = slice(f, f + 1)  # [C, 1, h, w] -> [1, C, 1, h, w] for the scheduler
-            out[:, sl] = s.step(pred[None, :, sl], s.timesteps[int(idx[f])], latent[None, :, sl],
-                                return_dict=False)[0][0]
+            # the sample is a view of ``out`` overwritten in place, as the stock pipeline writes
+            # ``latents[:, :, idx]``: UniPC keeps that view as ``last_sample`` for its corrector
+            out[:, f] = s.step(pred[None, :, f], s.timesteps[int(idx[f])], out[None, :, f],  # [1, C, h, w]
+                               return_dict=False)[0][0]
         return out
 
     # -- serialization (checkpoints) ------------------------------------------------------

@@ -1,0 +1,90 @@
+"""The chunk driver: chunked plans (diffusion forcing) made segment after segment.
+
+The window loop (:mod:`.loop`) steps one latent of fixed length; a chunked plan's latent
+grows segment by segment, each segment with one scheduler per latent frame
+(:meth:`SamplerState.frames`) and the per-frame schedule of :mod:`longvid_dist.methods.forcing`.
+It shares everything else with the loop: the executor's ``predict`` on :class:`Window` s that
+carry per-frame timesteps, :class:`StepStats`, and checkpoints (the history so far and the two
+generators' states, after every finished segment; ``--resume`` restarts from the last one).
+
+Randomness (DESIGN decision 3) stays here: each segment's fresh noise is drawn from the
+render's noise generator (``Generator().manual_seed(seed)``, as the stock pipeline draws it,
+segment after segment), and the noise added to the history prefix from a second generator
+seeded with the same seed, standing in for the global generator the stock pipeline draws it
+from (``randn_like``), in the same order -- never from torch's global state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..methods.forcing import ForcingPlan, model_timesteps, schedule
+from ..methods.windows import Window
+from .loop import LoopResult, StepStats
+from .rng import noise_generator
+from .state import SamplerState
+
+
+@dataclass
+class ChunkPosition:
+    """Where a chunked render stands: what a checkpoint holds."""
+
+    next_segment: int
+    """Index of the first segment not finished."""
+    history: torch.Tensor | None
+    """Latent of the video so far ``[C, n, h, w]`` (None before the first segment)."""
+    generators: dict[str, torch.Tensor]
+    """``get_state()`` of the ``noise`` and ``prefix`` generators after the finished segments."""
+
+
+def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int, width: int, seed: int,
+                    on_segment: Callable[[ChunkPosition], None] | None = None,
+                    resume: ChunkPosition | None = None) -> LoopResult:
+    """Diffusion forcing over ``plan``'s segments: per segment, fresh noise with the history
+    prefix copied in, then every iteration of the per-frame schedule: noise the prefix to
+    ``addnoise``, predict the whole segment (block-causal), step the frames the schedule
+    advances with their own schedulers. Returns the clean latent of the whole video."""
+    gens = {"noise": noise_generator(seed), "prefix": torch.Generator("cpu").manual_seed(seed)}
+    history = None
+    start = 0
+    if resume is not None:
+        start, history = resume.next_segment, resume.history
+        for k, g in gens.items():
+            g.set_state(resume.generators[k])
+    result = LoopResult(history)
+    temporal = space.temporal
+    factor = 0.001 * plan.addnoise
+    for seg in plan.segments()[start:]:
+        latent = space.init_noise(gens["noise"], (seg.frames - 1) * temporal + 1, height, width)  # [C, n, h, w]
+        p = seg.prefix
+        if p:
+            latent[:, :p] = history[:, history.shape[1] - seg.keep_from:][:, :p]
+        state = SamplerState.frames(space.make_scheduler(steps), seg.frames)
+        rows, updates = schedule(seg.frames, steps, plan.ar_step, p, plan.causal_block)
+        timesteps = state.scheduler.timesteps.numpy()
+        for i, (row, update) in enumerate(zip(rows, updates)):
+            t_model = model_timesteps(row, timesteps)
+            x = latent
+            if factor > 0 and p:
+                x = latent.clone()
+                x[:, :p] = x[:, :p] * (1.0 - factor) + torch.randn((1, *x[:, :p].shape), generator=gens["prefix"],
+                                                                   dtype=x.dtype)[0] * factor
+                t_model[:p] = plan.addnoise
+            win = Window(tuple(range(seg.frames)), (1.0,) * seg.frames, timestep=t_model,
+                         causal_block=plan.causal_block)
+            t0 = time.perf_counter()
+            pred = executor.predict(x, [win])[0]
+            t1 = time.perf_counter()
+            latent = state.step(pred, np.maximum(row - 1, 0), latent, frames=np.flatnonzero(update).tolist())
+            result.steps.append(StepStats(len(result.steps), float(t_model.max()), 1, t1 - t0, 0.0,
+                                          time.perf_counter() - t1))
+        history = latent if history is None else torch.cat([history, latent[:, seg.keep_from:]], dim=1)
+        if on_segment:
+            on_segment(ChunkPosition(seg.index + 1, history, {k: g.get_state() for k, g in gens.items()}))
+    result.latent = history
+    return result
