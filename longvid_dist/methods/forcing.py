@@ -98,13 +98,10 @@ class ForcingPlan:
     """Latent frames per causal block (block-causal attention when > 1)."""
     addnoise: float
     """Noise level of the history prefix (0..1000 scale; 0: clean, timestep 0)."""
-    sink: int = 0
-    """Unused by the stock method (FLEX's sink applies to causal rollout)."""
-
-    chunked = True
 
     def segments(self) -> list[Segment]:
         return segments(self.num_frames, self.base, self.overlap, self.causal_block)
+
 
 
 def resolve_forcing(params: dict, geometry: Geometry) -> dict:
@@ -125,8 +122,9 @@ def forcing_plan(params, num_frames, temporal, rng=None) -> ForcingPlan:
                        float(p["addnoise_condition"]))
 
 
-def check_forcing(p: dict, num_frames: int, temporal: int) -> str | None:
-    """A render-time conflict of the plan with the video (one line naming the key), or None."""
+def check_forcing(p: dict, geometry: Geometry) -> str | None:
+    """A conflict of the resolved plan with the video (one line naming the key), or None."""
+    num_frames, temporal = geometry.num_frames, geometry.temporal_factor
     base, ov, cb = p["base_num_frames"], p["overlap_history"], p["causal_block_size"]
     if ov is not None and ov >= base:
         return f"plan.overlap_history: {ov} must be smaller than plan.base_num_frames {base}"
@@ -157,4 +155,5 @@ register("plan", "diffusion_forcing", forcing_plan, {
                                lambda v: v >= 1),
     "addnoise_condition": Param(NUM, 0, "a number in [0, 1000) (SkyReels recommends 20)", num_range(0, 1000,
                                                                                                   hi_open=True)),
-}, requires=("per_frame_timesteps",), check=_check, resolve=resolve_forcing, chunked=True)
+}, requires=("per_frame_timesteps",), check=_check, resolve=resolve_forcing, chunked=True,
+         check_video=check_forcing)

@@ -96,6 +96,9 @@ class Kind:
     sp_modes: tuple[str, ...] = ("ulysses", "ring")
     """Attention kinds only: sequence-parallel modes the patch is correct under (a layout using
     another is refused before the render starts)."""
+    check_video: Callable[[dict, "Geometry"], str | None] | None = None
+    """``check_video(resolved params, geometry) -> message or None``: a conflict with the video
+    itself (its length, the model's clip), checked when a render is specified."""
     chunked: bool = False
     """Plan kinds only: a chunked plan (diffusion forcing, causal rollout) made chunk after
     chunk by :mod:`longvid_dist.sampling.chunks`; its factory is
@@ -130,12 +133,12 @@ _discovered = False
 
 def register(section: str, name: str, factory: Callable | None = None, params: dict[str, Param] | None = None,
              requires=(), check=None, anchor_windows: bool = False, resolve=None,
-             sp_modes: tuple[str, ...] = ("ulysses", "ring"), chunked: bool = False) -> Kind:
+             sp_modes: tuple[str, ...] = ("ulysses", "ring"), chunked: bool = False, check_video=None) -> Kind:
     """Register kind ``name`` of ``section``; re-registering a name replaces it (module reload)."""
     if section not in _KINDS:
         raise ValueError(f"unknown recipe section {section!r}; use one of {', '.join(SECTIONS)}")
     k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows, resolve,
-             tuple(sp_modes), chunked)
+             tuple(sp_modes), check_video, chunked)
     _KINDS[section][name] = k
     return k
 

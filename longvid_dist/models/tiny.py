@@ -49,7 +49,8 @@ TINY_WAN_CONFIGS = {
 }
 """Constructor arguments of the tiny Wan components: what ``--dry-run`` reads instead of building it."""
 
-TINY_CONFIGS = {"tiny-wan": TINY_WAN_CONFIGS}
+TINY_CONFIGS = {"tiny-wan": TINY_WAN_CONFIGS, "tiny-skyreels-df": TINY_WAN_CONFIGS}
+"""Constructor arguments a dry run reads (tiny-skyreels-df has tiny-wan's dimensions)."""
 
 
 def build_tiny_wan(seed: int = 0):

@@ -152,7 +152,7 @@ class Worker:
         out = []
         for idx, w, keep in items:
             anchor = w.anchor if w.role == "follow" else w.frames
-            extra = {} if w.causal_block is None else {"causal_block": w.causal_block}
+            extra = {"causal_block": w.causal_block} if (w.causal_block or 1) > 1 else {}  # block-causal mask
             p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
                                 role=w.role, anchor_key=anchor, **extra)
             if keep and reply:

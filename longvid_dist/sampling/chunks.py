@@ -64,7 +64,7 @@ def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int,
         p = seg.prefix
         if p:
             latent[:, :p] = history[:, history.shape[1] - seg.keep_from:][:, :p]
-        state = SamplerState.frames(space.make_scheduler(steps), seg.frames)
+        state = SamplerState.frames(space.make_scheduler(steps), seg.frames, in_place=True)  # the stock quirk
         rows, updates = schedule(seg.frames, steps, plan.ar_step, p, plan.causal_block)
         timesteps = state.scheduler.timesteps.numpy()
         for i, (row, update) in enumerate(zip(rows, updates)):
@@ -88,3 +88,36 @@ def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int,
             on_segment(ChunkPosition(seg.index + 1, history, {k: g.get_state() for k, g in gens.items()}))
     result.latent = history
     return result
+
+
+def run_chunks(planner, executor, spec, progress: bool = True, resumed: dict | None = None,
+               save: Callable | None = None) -> LoopResult:
+    """A render's chunked plan on ``executor`` (what :func:`longvid_dist.api.render` calls):
+    checkpoints after every finished chunk through ``save(next_chunk, history, (tensors, meta))``
+    and resumes from ``resumed`` (a loaded checkpoint)."""
+    from ..progress import Progress
+
+    plan = planner.chunks
+    total = len(plan.segments())
+    bar = Progress(total, initial=resumed["next_step"] if resumed else 0, desc="chunks", unit="chunk",
+                   every=max(total // 10, 1)) if progress else None
+    resume = None
+    if resumed:
+        resume = ChunkPosition(resumed["next_step"], resumed["latent"],
+                               {k[4:]: v for k, v in resumed["tensors"].items() if k.startswith("gen.")})
+
+    def on_segment(pos: ChunkPosition) -> None:
+        if bar:
+            bar.advance()
+        if save and spec.checkpoint_every and pos.next_segment < total:
+            save(pos.next_segment, pos.history, ({f"gen.{k}": v for k, v in pos.generators.items()},
+                                                 {"chunked": type(plan).__name__}))
+
+    try:
+        if isinstance(plan, ForcingPlan):
+            return denoise_forcing(plan, executor.space, executor, spec.steps, spec.height, spec.width, spec.seed,
+                                   on_segment, resume)
+        raise TypeError(f"no chunk driver for {type(plan).__name__}")
+    finally:
+        if bar:
+            bar.close()

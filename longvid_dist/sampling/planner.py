@@ -45,7 +45,7 @@ class Planner:
             self.kind, self.abam, self._step_plan = plan.kind, False, None
             self.chunks = registry.get("plan", plan.kind).factory(self._plan_params, num_frames=num_frames,
                                                                   temporal=temporal_factor, rng=rng)
-            self.window = self.stride = getattr(self.chunks, "window_frames", num_frames)
+            self.window = self.stride = max(s.frames for s in self.chunks.segments())
             self.geometry = registry.Geometry(num_frames, native_window, self.window, tokens_per_frame,
                                               temporal_factor)
             return
@@ -95,7 +95,12 @@ class Planner:
 
     # -- windows and merge --------------------------------------------------------------
     def plan(self, step: int, t: float) -> StepPlan:
-        """The windows of step ``step`` (timestep ``t``) and their merge."""
+        """The windows of step ``step`` (timestep ``t``) and their merge. A chunked plan has no
+        steps of its own: its largest model call stands for one (what cost estimates read)."""
+        if self.chunks is not None:
+            from ..methods.windows import direct_windows
+
+            return StepPlan(direct_windows(self.window), lambda preds: preds[0])
         return self._step_plan(step, t)
 
     def windows(self, step: int, t: float) -> list[dict]:
