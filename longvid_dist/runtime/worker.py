@@ -161,6 +161,27 @@ class Worker:
         self.busy += busy
         return out, busy
 
+    def predict_block(self, version: str, conds: dict[str, dict], patches: dict | None, block: np.ndarray,
+                      t: float, cache_id: str, offset: int, write: bool, sink: int,
+                      window: int) -> tuple[np.ndarray, float]:
+        """Guided prediction of one causal block ``[C, B, h, w]`` at timestep ``t`` against this
+        replica's rolling KV cache ``cache_id`` (causal rollout); returns it and the busy seconds.
+        A restarted replica has lost its cache: the coordinator re-writes it (``cache_frames``)."""
+        t0 = time.perf_counter()
+        adapter = self.load()
+        self.install(patches)
+        cond = self._conditions(version, conds)["main"]
+        p = adapter.predict_block(as_tensor(block), torch.tensor(t, dtype=torch.float32), cond, cache_id, offset,
+                                  write, sink, window)
+        busy = time.perf_counter() - t0
+        self.busy += busy
+        return p.cpu().numpy(), busy
+
+    def cache_frames(self, cache_id: str) -> list[int]:
+        """Absolute frames held by KV cache ``cache_id`` (empty when this replica has none)."""
+        c = getattr(self.load(), "caches", {}).get(cache_id)
+        return c.frames() if c is not None else []
+
     # -- decoding ---------------------------------------------------------------------------
     def decode_context(self) -> int:
         """Latent frames of warm-up after which a decode starting mid-video is exact."""

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..methods.causal import CausalPlan
 from ..methods.forcing import ForcingPlan, model_timesteps, schedule
 from ..methods.windows import Window
 from .loop import LoopResult, StepStats
@@ -114,6 +115,8 @@ def run_chunks(planner, executor, spec, progress: bool = True, resumed: dict | N
                                                  {"chunked": type(plan).__name__}))
 
     try:
+        if isinstance(plan, CausalPlan):
+            return rollout(plan, planner, executor, spec, on_segment, resume)
         if isinstance(plan, ForcingPlan):
             return denoise_forcing(plan, executor.space, executor, spec.steps, spec.height, spec.width, spec.seed,
                                    on_segment, resume)
@@ -121,3 +124,53 @@ def run_chunks(planner, executor, spec, progress: bool = True, resumed: dict | N
     finally:
         if bar:
             bar.close()
+
+
+def rollout(plan: CausalPlan, planner, executor, spec, on_segment=None, resume: ChunkPosition | None = None,
+            cache_id: str | None = None) -> LoopResult:
+    """Causal rollout: each block's fresh noise (the recipe's noise section over the whole
+    video, e.g. FLEX's antiphase noise) denoised over the plan's few timesteps -- flow
+    prediction -> ``x0 = x - sigma v``, re-noised to the next sigma with keyed noise -- then the
+    clean block re-run at ``context_noise`` to write its keys/values into the rolling cache.
+    Resuming re-writes the cache from the finished blocks (deterministic, so exact)."""
+    import uuid
+
+    cache_id = cache_id or uuid.uuid4().hex
+    space = executor.space
+    noise = planner.init_noise(space, noise_generator(spec.seed), spec.frames, spec.height, spec.width)
+    out = torch.zeros_like(noise)  # [C, F, h, w]; frames fill in block by block
+    sig = plan.sigmas()
+    ctx_sigma = plan.context_noise / 1000.0
+    result = LoopResult(out)
+    start = resume.next_segment if resume is not None else 0
+    if resume is not None:
+        out[:, :resume.history.shape[1]] = resume.history
+
+    def write(b: int, s: int, x0: torch.Tensor) -> None:
+        eps = torch.randn(x0.shape, generator=planner.rng("context_noise", b))
+        xc = (1 - ctx_sigma) * x0 + ctx_sigma * eps
+        executor.predict_block(xc, plan.context_noise, cache_id, s, True, plan.sink_frames, plan.local_window)
+
+    segs = plan.segments()
+    for seg in segs[:start]:  # a resumed rollout: the cache of the finished blocks, re-written
+        s = seg.index * plan.block_frames
+        write(seg.index, s, out[:, s:s + seg.frames])
+    for seg in segs[start:]:
+        s, b = seg.index * plan.block_frames, seg.index
+        x = noise[:, s:s + seg.frames]
+        for j, sigma in enumerate(sig):
+            t0 = time.perf_counter()
+            v = executor.predict_block(x, sigma * 1000.0, cache_id, s, False, plan.sink_frames, plan.local_window)
+            t1 = time.perf_counter()
+            x0 = x - sigma * v
+            if j + 1 < len(sig):
+                eps = torch.randn(x0.shape, generator=planner.rng("renoise", b * len(sig) + j))
+                x = (1 - sig[j + 1]) * x0 + sig[j + 1] * eps
+            result.steps.append(StepStats(len(result.steps), sigma * 1000.0, 1, t1 - t0, 0.0,
+                                          time.perf_counter() - t1))
+        out[:, s:s + seg.frames] = x0
+        write(b, s, x0)
+        if on_segment:
+            on_segment(ChunkPosition(b + 1, out[:, :s + seg.frames].clone(), {}))
+    result.latent = out
+    return result
