@@ -173,8 +173,19 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         fam = spec.resolved.family
         planner = Planner(recipe, spec.latent_frames, fam.latent_frames(fam.native_frames),
                           lambda purpose, step: keyed_generator(spec.seed, purpose, step),
-                          tokens_per_frame=(spec.height // fam.spatial_multiple) * (spec.width // fam.spatial_multiple))
-        if resumed:
+                          tokens_per_frame=(spec.height // fam.spatial_multiple) * (spec.width // fam.spatial_multiple),
+                          temporal_factor=fam.temporal_factor)
+        if planner.chunks is not None:  # chunk after chunk (diffusion forcing, causal rollout)
+            from .sampling.chunks import run_chunks
+
+            first_windows = planner.windows(0, 0.0)
+            t0 = time.perf_counter()
+            result = run_chunks(planner, executor, spec, progress,
+                                resumed=resumed,
+                                save=lambda nxt, lat, st: checkpoint.save(ckpt_path, spec, nxt, lat, st))
+            timings["denoise"] = time.perf_counter() - t0
+            start = resumed["next_step"] if resumed else 0
+        elif resumed:
             latent, start = resumed["latent"], resumed["next_step"]
             state = SamplerState.from_state_dict(resumed["tensors"], resumed["state"])
         else:
@@ -183,23 +194,24 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
             latent = planner.init_noise(space, noise_generator(spec.seed), spec.frames, spec.height, spec.width)
             start = 0
 
-        first_windows = planner.windows(0, float(state.noise_level(0).max()))
-        bar = _Progress(spec.steps, start, "denoise", executor) if progress else None
+        if planner.chunks is None:
+            first_windows = planner.windows(0, float(state.noise_level(0).max()))
+            bar = _Progress(spec.steps, start, "denoise", executor) if progress else None
 
-        def on_step(stats, lat, st):
-            if bar:
-                bar(stats)
-            done = stats.step + 1
-            if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
-                checkpoint.save(ckpt_path, spec, done, lat, st.state_dict())
+            def on_step(stats, lat, st):
+                if bar:
+                    bar(stats)
+                done = stats.step + 1
+                if spec.checkpoint_every and done % spec.checkpoint_every == 0 and done < spec.steps:
+                    checkpoint.save(ckpt_path, spec, done, lat, st.state_dict())
 
-        t0 = time.perf_counter()
-        try:
-            result = denoise(latent, state, planner, executor, on_step=on_step, start=start)
-        finally:
-            if bar:
-                bar.close()
-        timings["denoise"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            try:
+                result = denoise(latent, state, planner, executor, on_step=on_step, start=start)
+            finally:
+                if bar:
+                    bar.close()
+            timings["denoise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         sheet = None

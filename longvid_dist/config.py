@@ -146,6 +146,15 @@ class RenderSpec:
 
             raise SpecError("recipe", f"recipe {recipe.name!r} needs what {fam.name} models lack: "
                                       + "; ".join(f"{m} ({CAPABILITIES[m]})" for m in missing))
+        from .methods import registry
+
+        plan_kind = registry.get("plan", recipe.plan.kind)
+        if plan_kind.check_video is not None:
+            geo = registry.Geometry(self.latent_frames, fam.latent_frames(fam.native_frames),
+                                    temporal_factor=fam.temporal_factor)
+            msg = plan_kind.check_video(registry.resolve("plan", recipe.plan.kind, recipe.plan.params, geo), geo)
+            if msg:
+                raise SpecError("recipe", msg)
         for name in ("window", "stride"):
             if getattr(self, name) is not None and name not in recipe.plan.params:
                 raise SpecError(name, f"recipe {recipe.name!r} uses plan {recipe.plan.kind}, which has no {name}")

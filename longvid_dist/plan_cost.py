@@ -42,6 +42,7 @@ COST_TABLE = {
         "text_tokens": 512,
     },
 }
+COST_TABLE["skyreels-df"] = COST_TABLE["wan"]  # the same Wan architecture
 """Per-family cost table: throughput and fixed costs per device kind."""
 
 KNOWN_CONFIGS = {
@@ -328,7 +329,8 @@ def plan(spec: RenderSpec, parallel: ParallelConfig | None = None, device: str |
 
     recipe = get_recipe(spec.recipe).with_overrides(window=spec.window, stride=spec.stride)
     planner = Planner(recipe, F, fam.latent_frames(fam.native_frames),
-                      lambda purpose, step: keyed_generator(spec.seed, purpose, step))
+                      lambda purpose, step: keyed_generator(spec.seed, purpose, step),
+                      temporal_factor=fam.temporal_factor)
     per_window_est = max(planner.window, 1) * 3
     n_sample = max(1, min(spec.steps, MAX_PLANNED // max(per_window_est * max(F // planner.window, 1), 1)))
     steps = sorted({round(i * (spec.steps - 1) / max(n_sample - 1, 1)) for i in range(n_sample)})

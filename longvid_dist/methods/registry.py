@@ -96,6 +96,13 @@ class Kind:
     sp_modes: tuple[str, ...] = ("ulysses", "ring")
     """Attention kinds only: sequence-parallel modes the patch is correct under (a layout using
     another is refused before the render starts)."""
+    check_video: Callable[[dict, "Geometry"], str | None] | None = None
+    """``check_video(resolved params, geometry) -> message or None``: a conflict with the video
+    itself (its length, the model's clip), checked when a render is specified."""
+    chunked: bool = False
+    """Plan kinds only: a chunked plan (diffusion forcing, causal rollout) made chunk after
+    chunk by :mod:`longvid_dist.sampling.chunks`; its factory is
+    ``factory(params, num_frames=, temporal=, rng=)`` and returns the plan object."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class Geometry:
     direct plan); None: ``num_frames``."""
     tokens_per_frame: int | None = None
     """Transformer tokens per latent frame, when known (FreeLOC's stripe width needs it)."""
+    temporal_factor: int = 4
+    """Pixel frames per latent frame after the first (plans with parameters in pixel frames)."""
 
     @property
     def window_frames(self) -> int:
@@ -124,12 +133,12 @@ _discovered = False
 
 def register(section: str, name: str, factory: Callable | None = None, params: dict[str, Param] | None = None,
              requires=(), check=None, anchor_windows: bool = False, resolve=None,
-             sp_modes: tuple[str, ...] = ("ulysses", "ring")) -> Kind:
+             sp_modes: tuple[str, ...] = ("ulysses", "ring"), chunked: bool = False, check_video=None) -> Kind:
     """Register kind ``name`` of ``section``; re-registering a name replaces it (module reload)."""
     if section not in _KINDS:
         raise ValueError(f"unknown recipe section {section!r}; use one of {', '.join(SECTIONS)}")
     k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows, resolve,
-             tuple(sp_modes))
+             tuple(sp_modes), check_video, chunked)
     _KINDS[section][name] = k
     return k
 

@@ -57,3 +57,35 @@ register("rope", "riflex", _riflex_factory,
          {"k": Param(INT_OR_NULL, None, "null (the paper's rule) or a frequency index >= 0", lambda v: v >= 0),
           "factor": Param(NUM, 0.9, "a number in (0, 1]", num_range(0, 1, lo_open=True))},
          requires=("temporal_rope",), check=_riflex_check)
+
+
+def flex_rope(theta: np.ndarray, train_len: int, test_len: int, alpha: float = 1.0,
+              beta: float = 32.0) -> np.ndarray:
+    """FLEX frequency-aware RoPE modulation (FLEX, §3; METHODS.md §3): a temporal component's
+    training exposure is ``r_m = L_train theta_m / (2 pi)`` cycles. Components seen for at most
+    ``alpha`` cycles are interpolated (``theta_m L_train / L_test``), those seen for at least
+    ``beta`` cycles are kept (extrapolated), with the linear NTK-by-parts ramp
+    ``gamma = (r - alpha) / (beta - alpha)`` between: ``theta' = (1 - gamma) theta L_train / L_test
+    + gamma theta``. Unchanged when the test length is within the training length."""
+    theta = np.asarray(theta, dtype=np.float64)
+    if test_len <= train_len:
+        return theta.copy()
+    r = train_len * theta / (2 * math.pi)
+    gamma = np.clip((r - alpha) / (beta - alpha), 0.0, 1.0)
+    return (1 - gamma) * theta * train_len / test_len + gamma * theta
+
+
+def _flex_check(recipe, section) -> str | None:
+    if section.params["alpha"] >= section.params["beta"]:
+        return f"rope.alpha: {section.params['alpha']} must be smaller than rope.beta {section.params['beta']}"
+    return None
+
+
+register("rope", "flex",
+         lambda params, train_len, test_len: (lambda theta: flex_rope(theta, train_len, test_len, params["alpha"],
+                                                                       params["beta"])),
+         {"alpha": Param(NUM, 1, "a number >= 0 (exposure in cycles below which a component is interpolated)",
+                         num_range(0)),
+          "beta": Param(NUM, 32, "a number > alpha (exposure in cycles above which a component is kept)",
+                        num_range(0, lo_open=True))},
+         requires=("temporal_rope",), check=_flex_check)

@@ -37,6 +37,9 @@ class Window:
     timestep: np.ndarray | None = None
     """Noise level: the scheduler timestep of every frame (0-d), or one per window frame
     (``[len(frames)]``, diffusion forcing / causal rollout); set by the loop each step."""
+    causal_block: int | None = None
+    """Block-causal self-attention in blocks of this many latent frames (diffusion forcing);
+    None: the family's plain attention (families without the mask never see it)."""
 
     def __len__(self) -> int:
         return len(self.frames)

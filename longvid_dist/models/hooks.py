@@ -37,6 +37,9 @@ class AttnContext:
     """Identity of the anchor window whose keys/values a ``follow`` call uses."""
     store: dict = field(default_factory=dict)
     """Per-replica cache shared by the calls of one step (ABAM's anchor keys/values)."""
+    mask: torch.Tensor | None = None
+    """Boolean attention mask of the layer call (True = attend), broadcastable to
+    ``[B, H, S_q, S_k]``: the model's own block-causal mask (diffusion forcing), else None."""
     rotate: Callable | None = None
     """For patches with ``raw_qk``: ``rotate(x, frame_positions)`` applies the model's RoPE to
     unrotated ``[B, S, H, D]`` queries/keys with the given temporal position per frame."""
@@ -84,8 +87,8 @@ class AttentionPatch:
         return self
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
-        """``[B, S, H, D]`` attention output of one layer call."""
-        return sdpa(q, k, v)
+        """``[B, S, H, D]`` attention output of one layer call (under the model's mask, if any)."""
+        return sdpa(q, k, v, ctx.mask)
 
 
 def rope_frequencies(dim: int, base: float = 10000.0) -> np.ndarray:

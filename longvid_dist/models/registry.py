@@ -129,6 +129,20 @@ FAMILIES: dict[str, FamilyInfo] = {
         hub_ids=("Lightricks/LTX-Video",),
         capabilities=frozenset({"attention_patches", "per_frame_timesteps"}),
     ),
+    "skyreels-df": FamilyInfo(
+        name="skyreels-df",
+        description="SkyReels-V2 diffusion forcing (SkyReelsV2DiffusionForcingPipeline): Wan architecture with "
+                    "a timestep per latent frame and block-causal attention; 97-frame base clips",
+        pipeline_classes=("SkyReelsV2DiffusionForcingPipeline",),
+        adapter="longvid_dist.models.skyreels:SkyReelsDFAdapter",
+        temporal_factor=4,
+        spatial_multiple=16,
+        native_frames=97,
+        default_size=(544, 960),
+        hub_ids=("Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
+                 "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
+        capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps"}),
+    ),
     "hunyuan": FamilyInfo(
         name="hunyuan",
         description="HunyuanVideo text-to-video (HunyuanVideoPipeline), guidance-distilled: --guidance is "
@@ -151,6 +165,7 @@ TINY = {
     "tiny-cogvideox": ("cogvideox", (32, 32)),
     "tiny-ltx": ("ltx", (64, 64)),
     "tiny-hunyuan": ("hunyuan", (32, 32)),
+    "tiny-skyreels-df": ("skyreels-df", (32, 32)),
 }
 """Built-in tiny models: name -> (family, default (height, width))."""
 

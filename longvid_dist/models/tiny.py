@@ -49,7 +49,8 @@ TINY_WAN_CONFIGS = {
 }
 """Constructor arguments of the tiny Wan components: what ``--dry-run`` reads instead of building it."""
 
-TINY_CONFIGS = {"tiny-wan": TINY_WAN_CONFIGS}
+TINY_CONFIGS = {"tiny-wan": TINY_WAN_CONFIGS, "tiny-skyreels-df": TINY_WAN_CONFIGS}
+"""Constructor arguments a dry run reads (tiny-skyreels-df has tiny-wan's dimensions)."""
 
 
 def build_tiny_wan(seed: int = 0):
@@ -282,8 +283,34 @@ def build_tiny_hunyuan(seed: int = 0):
                                 scheduler=scheduler)
 
 
+def build_tiny_skyreels_df(seed: int = 0):
+    """Tiny SkyReelsV2DiffusionForcingPipeline (UMT5, SkyReelsV2Transformer3DModel with one
+    timestep per latent frame, the tiny Wan VAE, UniPC flow scheduler with SkyReels' shift 8)."""
+    import torch
+    from diffusers import (AutoencoderKLWan, SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Transformer3DModel,
+                           UniPCMultistepScheduler)
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = _tiny_umt5(tokenizer)
+    torch.manual_seed(seed + 1)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024, inject_sample_info=False, num_frame_per_block=1,
+    ).eval()
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLWan(**TINY_WAN_CONFIGS["vae"]).eval()
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=8.0
+    )
+    return SkyReelsV2DiffusionForcingPipeline(tokenizer=tokenizer, text_encoder=text_encoder,
+                                              transformer=transformer, vae=vae, scheduler=scheduler)
+
+
 _BUILDERS = {"tiny-wan": build_tiny_wan, "tiny-wan22": build_tiny_wan22, "tiny-wan22-ti2v": build_tiny_wan22_ti2v,
-             "tiny-cogvideox": build_tiny_cogvideox, "tiny-ltx": build_tiny_ltx, "tiny-hunyuan": build_tiny_hunyuan}
+             "tiny-cogvideox": build_tiny_cogvideox, "tiny-ltx": build_tiny_ltx, "tiny-hunyuan": build_tiny_hunyuan,
+             "tiny-skyreels-df": build_tiny_skyreels_df}
 
 _EXTRA = {"tiny-hunyuan": {"prompt_template": HUNYUAN_TINY_TEMPLATE}}
 """``longvid.json`` written next to a tiny model's ``model_index.json``: adapter settings the

@@ -51,7 +51,7 @@ class _PatchedSelfAttention:
         q, k, v = _get_qkv_projections(attn, hidden_states, None)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # [B, S, H*D] -> [B, S, H, D]
-        self.ctx.layer = self.layer
+        self.ctx.layer, self.ctx.mask = self.layer, attention_mask
         if not self.patch.wants_raw(self.layer):
             q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
         if self.sp is not None:
@@ -138,6 +138,8 @@ class WanAdapter(ModelAdapter):
         self.sp: SequenceParallel | None = None
         self._sp_hooks: list = []
         self._installed = (None, None)
+        self.caches: dict = {}
+        """Rolling KV caches of causal rollouts on this replica, by cache id."""
         self._stock_processors = [{i: b.attn1.processor for i, b in enumerate(m.blocks)} for m in self.experts]
         rope = self.transformer.rope
         self._stock_rope = (rope.freqs_cos.clone(), rope.freqs_sin.clone())
@@ -278,6 +280,27 @@ class WanAdapter(ModelAdapter):
                            encoder_hidden_states=cond.negative_embeds, return_dict=False)[0]
             out = uncond + cond.guidance * (out - uncond)
         return out[0].float()
+
+    # -- causal rollout (rolling KV cache) ----------------------------------------------
+    def predict_block(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, cache_id: str, offset: int,
+                      write: bool, sink: int, window: int) -> torch.Tensor:
+        """Guided prediction of one causal block ``[C, B, h, w]`` starting at latent frame
+        ``offset``, attending to the rolling KV cache ``cache_id`` (created empty at offset 0);
+        ``write`` appends the block's keys/values (the clean re-run at the context noise)."""
+        from .kvcache import KVCache
+
+        if cache_id not in self.caches:
+            self.caches.clear()  # one rollout at a time per replica
+        cache = self.caches.setdefault(cache_id, KVCache(sink, window))
+        cache.offset, cache.write = offset, write
+        for model in self.experts:
+            for i, block in enumerate(model.blocks):
+                block.attn1.set_processor(_PatchedSelfAttention(cache, self.ctx, i, None))
+        try:
+            return self.predict(latent, t, cond)
+        finally:
+            key, self.patch_key = self.patch_key, None
+            self.install(*self._installed, key=key)  # the render's own processors back
 
     # -- decoding -----------------------------------------------------------------------
     def _denormalize(self, z: torch.Tensor) -> torch.Tensor:

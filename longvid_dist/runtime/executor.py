@@ -48,6 +48,12 @@ class Executor(ABC):
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
         """Decoded frames of the whole latent, in order, as uint8 ``[n, H, W, 3]`` chunks."""
 
+    def predict_block(self, block: torch.Tensor, t: float, cache_id: str, offset: int, write: bool,
+                      sink: int, window: int) -> torch.Tensor:
+        """Guided prediction of one causal block against a rolling KV cache held by one replica
+        (causal rollout; families with the Wan architecture)."""
+        raise NotImplementedError(f"{type(self).__name__} has no causal rollout")
+
     def report(self) -> dict:
         """Per-step transfer metrics and per-worker busy time of the last render, if any."""
         return {}
@@ -85,6 +91,11 @@ class LocalExecutor(Executor):
         items = [(list(w.frames), w, True) for w in windows]  # the whole latent is "this worker's frames"
         out, _ = self.worker.predict(self.version, self.conds, self.patches, latent.numpy(), items)
         return [as_tensor(p) for p in out]
+
+    def predict_block(self, block, t, cache_id, offset, write, sink, window):
+        p, _ = self.worker.predict_block(self.version, self.conds, self.patches, block.numpy(), t, cache_id, offset,
+                                         write, sink, window)
+        return as_tensor(p)
 
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
         return self.worker.iter_decode(latent.numpy(), chunk)

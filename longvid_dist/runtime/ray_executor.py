@@ -328,6 +328,14 @@ class RayExecutor(Executor):
                              "worker_busy": step_busy})
         return preds
 
+    def predict_block(self, block, t, cache_id, offset, write, sink, window):
+        """Causal rollout: every block on the first worker, which holds the KV cache (keys and
+        values only flow forward, so the blocks of one video cannot run side by side)."""
+        args = (self.version, self.cond_ref, self.patches, block.numpy(), t, cache_id, offset, write, sink, window)
+        p, busy = self._run_all([(self.groups[0][0], "predict_block", args)], "predict")[0]
+        self.busy[self.groups[0][0]] += busy
+        return as_tensor(p)
+
     def _run_predict(self, calls: list[tuple[int, str, tuple]]) -> list:
         """One step's predict calls (one per group). Without sequence parallelism each is
         retried on its own; with it every member of a group runs the call (the first replies)

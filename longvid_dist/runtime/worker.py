@@ -152,13 +152,35 @@ class Worker:
         out = []
         for idx, w, keep in items:
             anchor = w.anchor if w.role == "follow" else w.frames
+            extra = {"causal_block": w.causal_block} if (w.causal_block or 1) > 1 else {}  # block-causal mask
             p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
-                                role=w.role, anchor_key=anchor)
+                                role=w.role, anchor_key=anchor, **extra)
             if keep and reply:
                 out.append(p.cpu().numpy())
         busy = time.perf_counter() - t0
         self.busy += busy
         return out, busy
+
+    def predict_block(self, version: str, conds: dict[str, dict], patches: dict | None, block: np.ndarray,
+                      t: float, cache_id: str, offset: int, write: bool, sink: int,
+                      window: int) -> tuple[np.ndarray, float]:
+        """Guided prediction of one causal block ``[C, B, h, w]`` at timestep ``t`` against this
+        replica's rolling KV cache ``cache_id`` (causal rollout); returns it and the busy seconds.
+        A restarted replica has lost its cache: the coordinator re-writes it (``cache_frames``)."""
+        t0 = time.perf_counter()
+        adapter = self.load()
+        self.install(patches)
+        cond = self._conditions(version, conds)["main"]
+        p = adapter.predict_block(as_tensor(block), torch.tensor(t, dtype=torch.float32), cond, cache_id, offset,
+                                  write, sink, window)
+        busy = time.perf_counter() - t0
+        self.busy += busy
+        return p.cpu().numpy(), busy
+
+    def cache_frames(self, cache_id: str) -> list[int]:
+        """Absolute frames held by KV cache ``cache_id`` (empty when this replica has none)."""
+        c = getattr(self.load(), "caches", {}).get(cache_id)
+        return c.frames() if c is not None else []
 
     # -- decoding ---------------------------------------------------------------------------
     def decode_context(self) -> int:

@@ -30,16 +30,27 @@ class Planner:
     """
 
     def __init__(self, recipe: Recipe, num_frames: int, native_window: int,
-                 rng: Callable[[str, int | None], torch.Generator], tokens_per_frame: int | None = None):
+                 rng: Callable[[str, int | None], torch.Generator], tokens_per_frame: int | None = None,
+                 temporal_factor: int = 4):
         self.recipe = recipe
         self.num_frames = num_frames
         self.native = native_window
         plan = recipe.plan
-        geo = registry.Geometry(num_frames, native_window)
+        geo = registry.Geometry(num_frames, native_window, temporal_factor=temporal_factor)
         self._plan_params = registry.resolve("plan", plan.kind, plan.params, geo)
+        self.rng = rng
+        self.chunks = None
+        """The chunked plan object (diffusion forcing, causal rollout), or None for window plans."""
+        if registry.get("plan", plan.kind).chunked:  # made chunk after chunk, never degenerates
+            self.kind, self.abam, self._step_plan = plan.kind, False, None
+            self.chunks = registry.get("plan", plan.kind).factory(self._plan_params, num_frames=num_frames,
+                                                                  temporal=temporal_factor, rng=rng)
+            self.window = self.stride = max(s.frames for s in self.chunks.segments())
+            self.geometry = registry.Geometry(num_frames, native_window, self.window, tokens_per_frame,
+                                              temporal_factor)
+            return
         self.window = min(self._plan_params.get("window") or native_window, num_frames)
         self.stride = self._plan_params.get("stride") or max(self.window // 2, 1)
-        self.rng = rng
         # A video no longer than one window degenerates to direct sampling.
         self.kind = registry.SECTION_DEFAULTS["plan"] if num_frames <= self.window else plan.kind
         anchored = any(registry.get("attention", a.kind).anchor_windows for a in recipe.attention_patches())
@@ -84,11 +95,18 @@ class Planner:
 
     # -- windows and merge --------------------------------------------------------------
     def plan(self, step: int, t: float) -> StepPlan:
-        """The windows of step ``step`` (timestep ``t``) and their merge."""
+        """The windows of step ``step`` (timestep ``t``) and their merge. A chunked plan has no
+        steps of its own: its largest model call stands for one (what cost estimates read)."""
+        if self.chunks is not None:
+            from ..methods.windows import direct_windows
+
+            return StepPlan(direct_windows(self.window), lambda preds: preds[0])
         return self._step_plan(step, t)
 
     def windows(self, step: int, t: float) -> list[dict]:
         """Plain data of step ``step``'s windows: ``[{"path", "frames"}, ...]`` in merge order."""
+        if self.chunks is not None:
+            return [{"path": "chunk", "frames": list(range(s.frames))} for s in self.chunks.segments()[:1]]
         return [{"path": w.path, "frames": list(w.frames)} for w in self.plan(step, t).windows]
 
     # -- patches the workers install ----------------------------------------------------

@@ -20,11 +20,17 @@ import torch
 class SamplerState:
     """The scheduler(s) of a render and where each is in its timestep list."""
 
-    def __init__(self, schedulers: list, per_frame: bool = False):
+    def __init__(self, schedulers: list, per_frame: bool = False, in_place: bool = False):
         self.schedulers = schedulers
         """One scheduler (shared) or one per latent frame."""
         self.per_frame = per_frame
         """Whether each latent frame has its own scheduler."""
+        self.in_place = in_place
+        """Per frame: hand each scheduler a view of the output that is then overwritten with its
+        step, as diffusers' SkyReels-V2 DF pipeline writes ``latents[:, :, idx] = step(...,
+        latents[:, :, idx])``. UniPC keeps that view as ``last_sample``, so its corrector then
+        sees the stepped sample, not the one before: a quirk of the stock pipeline that its
+        oracle needs (False: each scheduler's own clean history, equal to a shared one)."""
 
     @classmethod
     def shared(cls, scheduler) -> "SamplerState":
@@ -32,9 +38,9 @@ class SamplerState:
         return cls([scheduler])
 
     @classmethod
-    def frames(cls, scheduler, num_frames: int) -> "SamplerState":
-        """One deep copy of ``scheduler`` per latent frame."""
-        return cls([copy.deepcopy(scheduler) for _ in range(num_frames)], per_frame=True)
+    def frames(cls, scheduler, num_frames: int, in_place: bool = False) -> "SamplerState":
+        """One deep copy of ``scheduler`` per latent frame (``in_place``: see the attribute)."""
+        return cls([copy.deepcopy(scheduler) for _ in range(num_frames)], per_frame=True, in_place=in_place)
 
     @property
     def scheduler(self):
@@ -59,7 +65,8 @@ class SamplerState:
         """``latent [C, F, h, w]`` after one scheduler step with model prediction ``pred``.
 
         Per frame, ``step`` is an index per frame and only ``frames`` (default all) advance;
-        each advancing frame steps its own scheduler on its own slice."""
+        each advancing frame steps its own scheduler on its own slice, passed without the frame
+        axis (``[1, C, h, w]``) as diffusers' SkyReels-V2 diffusion-forcing pipeline passes it."""
         if not self.per_frame:
             t = self.scheduler.timesteps[int(step)]
             return self.scheduler.step(pred[None], t, latent[None], return_dict=False)[0][0]
@@ -67,9 +74,9 @@ class SamplerState:
         idx = np.broadcast_to(np.asarray(step), (len(self.schedulers),))
         for f in range(len(self.schedulers)) if frames is None else frames:
             s = self.schedulers[f]
-            sl = slice(f, f + 1)  # [C, 1, h, w] -> [1, C, 1, h, w] for the scheduler
-            out[:, sl] = s.step(pred[None, :, sl], s.timesteps[int(idx[f])], latent[None, :, sl],
-                                return_dict=False)[0][0]
+            src = out if self.in_place else latent  # in place: the scheduler keeps a view of out
+            out[:, f] = s.step(pred[None, :, f], s.timesteps[int(idx[f])], src[None, :, f],  # [1, C, h, w]
+                               return_dict=False)[0][0]
         return out
 
     # -- serialization (checkpoints) ------------------------------------------------------
@@ -83,7 +90,7 @@ class SamplerState:
             attrs = {k: _encode(v, f"s{n}.{k}", tensors) for k, v in vars(s).items() if k != "_internal_dict"}
             scheds.append({"class": type(s).__name__, "config": json.loads(json.dumps(dict(s.config))),
                            "attrs": attrs})
-        return tensors, {"per_frame": self.per_frame, "schedulers": scheds}
+        return tensors, {"per_frame": self.per_frame, "in_place": self.in_place, "schedulers": scheds}
 
     @classmethod
     def from_state_dict(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "SamplerState":
@@ -100,7 +107,7 @@ class SamplerState:
             for k, v in entry["attrs"].items():
                 setattr(s, k, _decode(v, tensors))
             scheds.append(s)
-        return cls(scheds, per_frame=bool(meta["per_frame"]))
+        return cls(scheds, per_frame=bool(meta["per_frame"]), in_place=bool(meta.get("in_place", False)))
 
 
 def _encode(v, key: str, tensors: dict):

@@ -1,0 +1,63 @@
+"""SkyReels-V2 diffusion-forcing adapter (diffusers ``SkyReelsV2DiffusionForcingPipeline``).
+
+The transformer is Wan's architecture with one timestep per latent frame
+(``enable_diffusion_forcing``) and an optional block-causal self-attention mask of
+``num_frame_per_block`` frames, which the stock pipeline sets from ``causal_block_size``
+(``_set_ar_attention``: it rewrites the config for good, so every call here sets it to the
+window's own value). Prompt encoding, guidance and the streamed VAE decode are Wan's
+(:class:`~longvid_dist.models.wan.WanAdapter`); the diffusion-forcing schedule itself lives in
+:mod:`longvid_dist.methods.forcing` and the chunk driver in :mod:`longvid_dist.sampling.chunks`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Cond
+from .registry import FAMILIES
+from .wan import WanAdapter
+
+
+class SkyReelsDFAdapter(WanAdapter):
+    family = FAMILIES["skyreels-df"]
+    fps = 24
+    """The ``fps`` conditioning the stock pipeline passes by default (only models with
+    ``inject_sample_info`` read it: 16 -> embedding 0, anything else -> 1)."""
+
+    def __init__(self, pipe, device: str = "cpu"):
+        super().__init__(pipe, device)
+        self.family = FAMILIES["skyreels-df"]
+
+    @classmethod
+    def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "SkyReelsDFAdapter":
+        from diffusers import SkyReelsV2DiffusionForcingPipeline
+
+        pipe = SkyReelsV2DiffusionForcingPipeline.from_pretrained(source, dtype=dtype)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, device)
+
+    @torch.no_grad()
+    def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
+                anchor_key=None, causal_block: int | None = None) -> torch.Tensor:
+        """Guided prediction for ``[C, L, h, w]`` at ``t`` (0-d or ``[L]``, one per latent frame),
+        under a block-causal mask of ``causal_block`` frames (1 or None: full attention), as the
+        stock pipeline calls the transformer in its denoising loop."""
+        x = latent.unsqueeze(0).to(self.device, self.dtype)  # [C, L, h, w] -> [1, C, L, h, w]
+        pt, ph, pw = self.transformer.config.patch_size
+        self.ctx.grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        block = causal_block or 1
+        if self.transformer.config.num_frame_per_block != block:
+            self.transformer._set_ar_attention(block)
+        timestep = t.to(self.device).expand(x.shape[2]) if t.ndim == 0 else t.to(self.device)
+        timestep = timestep[None]  # [L] -> [1, L]: one timestep per latent frame
+        fps = [0 if self.fps == 16 else 1]
+        self.ctx.role, self.ctx.anchor_key = role, anchor_key
+        kw = dict(hidden_states=x, timestep=timestep, enable_diffusion_forcing=True, fps=fps, return_dict=False)
+        self.ctx.branch = "cond"
+        out = self.transformer(encoder_hidden_states=cond.prompt_embeds, **kw)[0]
+        if cond.negative_embeds is not None:
+            self.ctx.branch = "uncond"
+            uncond = self.transformer(encoder_hidden_states=cond.negative_embeds, **kw)[0]
+            out = uncond + cond.guidance * (out - uncond)
+        return out[0].float()
