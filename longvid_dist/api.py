@@ -108,6 +108,17 @@ def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):
                        dtype=spec.dtype)
 
 
+def storyboard_conds(spec: RenderSpec):
+    """The spec's storyboard on its latent (:class:`~longvid_dist.storyboard.StoryboardConds`),
+    or None without one."""
+    if spec.storyboard is None:
+        return None
+    from .storyboard import StoryboardConds
+
+    return StoryboardConds(spec.storyboard, spec.latent_frames, spec.resolved.family.temporal_factor,
+                           spec.negative_prompt)
+
+
 def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
     """Refuse a parallel layout the spec's model cannot run (``SpecError`` naming the flag),
     reading configs only: before any worker or weight is loaded."""
@@ -166,14 +177,17 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
     try:
         timings["load"] = time.perf_counter() - t_start
 
+        fam = spec.resolved.family
+        conds = storyboard_conds(spec)
         t0 = time.perf_counter()
-        executor.set_conditions({"main": (spec.prompt, spec.negative_prompt)}, spec.guidance)
+        executor.set_conditions(conds.conditions() if conds else {"main": (spec.prompt, spec.negative_prompt)},
+                                spec.guidance)
         timings["encode"] = time.perf_counter() - t0
 
-        fam = spec.resolved.family
         planner = Planner(recipe, spec.latent_frames, fam.latent_frames(fam.native_frames),
                           lambda purpose, step: keyed_generator(spec.seed, purpose, step),
-                          tokens_per_frame=(spec.height // fam.spatial_multiple) * (spec.width // fam.spatial_multiple))
+                          tokens_per_frame=(spec.height // fam.spatial_multiple) * (spec.width // fam.spatial_multiple),
+                          conds=conds)
         if resumed:
             latent, start = resumed["latent"], resumed["next_step"]
             state = SamplerState.from_state_dict(resumed["tensors"], resumed["state"])
@@ -206,7 +220,7 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         if preview:
             from .io.preview import PreviewSheet
 
-            sheet = PreviewSheet(spec.frames)
+            sheet = PreviewSheet(spec.frames, boundaries=spec.storyboard.starts()[1:] if spec.storyboard else None)
         with VideoWriter(spec.out, spec.width, spec.height, spec.fps) as writer:
             for chunk in executor.decode(result.latent, spec.decode_chunk):
                 writer.write(chunk)
@@ -234,6 +248,7 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         "recipe": recipe.to_dict(),
         "resolved_recipe": planner.resolved(),
         "windows": first_windows,
+        **({"storyboard": conds.describe()} if conds else {}),
         "frames": writer.frames_written,
         "latent_frames": spec.latent_frames,
         "device": executor.device,

@@ -58,7 +58,13 @@ def add_spec_args(p: argparse.ArgumentParser, names) -> None:
 
 
 def _add_render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", required=True, help="text prompt (required, non-empty)")
+    p.add_argument("--prompt", default="",
+                   help="text prompt (required, non-empty, unless --storyboard is given: then it is the "
+                        "storyboard's global prompt, used by GLC's global path and ABAM anchors)")
+    p.add_argument("--storyboard", default=None, metavar="STORY.json",
+                   help='segments with their own prompts: {"global": "optional prompt for the whole video", '
+                        '"segments": [{"prompt": "...", "frames": N}, ...]}, the frames summing to --frames; '
+                        "windows straddling a boundary blend the prompts by frame overlap")
     add_spec_args(p, ("negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance", "recipe"))
     p.add_argument("--window", type=int, default=None,
                    help="window length in latent frames (default: the model's native clip, 21 for Wan)")

@@ -51,6 +51,30 @@ class Cond:
                    {k: t(v) for k, v in data.get("extras", {}).items()})
 
 
+def blend_cond_arrays(parts: list[tuple[dict, float]]) -> dict:
+    """A weighted blend of conditionings in :meth:`Cond.to_numpy` form (``[(arrays, weight)]``,
+    weights summing to 1): floating arrays are summed in float32 in the order given, masks and
+    other integer arrays are united (elementwise max); an array equal in every part (the shared
+    negative prompt) is kept exactly as it is. Pure and deterministic: every worker computes the
+    same blend."""
+    def mix(arrays: list):
+        if arrays[0] is None:
+            return None
+        if all(a is arrays[0] or np.array_equal(a, arrays[0]) for a in arrays[1:]):
+            return arrays[0]
+        if not np.issubdtype(arrays[0].dtype, np.floating):
+            return np.maximum.reduce(arrays)
+        out = np.zeros(arrays[0].shape, np.float32)
+        for a, (_, w) in zip(arrays, parts):
+            out += np.float32(w) * a.astype(np.float32)
+        return out
+
+    first = parts[0][0]
+    return {"pos": mix([p["pos"] for p, _ in parts]), "neg": mix([p["neg"] for p, _ in parts]),
+            "guidance": first["guidance"],
+            "extras": {k: mix([p["extras"][k] for p, _ in parts]) for k in first.get("extras", {})}}
+
+
 class LatentSpace(ABC):
     """Coordinator-side view of a model: latent geometry, initial noise and a fresh scheduler,
     built from the pipeline's config files only, so the coordinator never loads weights.

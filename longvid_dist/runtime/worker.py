@@ -36,6 +36,8 @@ class Worker:
         self.adapter = None
         self.conds: dict = {}
         self.cond_version: str | None = None
+        self._arrays: dict = {}
+        self._blends: dict = {}
         self.busy = 0.0
         """Seconds spent predicting, over the worker's life."""
         self.epoch: int | None = None
@@ -113,8 +115,31 @@ class Worker:
         if version != self.cond_version:
             adapter = self.load()
             self.conds = {cid: adapter.cond_from_numpy(c) for cid, c in conds.items()}
+            self._arrays = conds
+            self._blends: dict = {}
             self.cond_version = version
         return self.conds
+
+    MAX_BLENDS = 64
+    """Storyboard blends kept per render (each is one prompt embedding); recomputed past that."""
+
+    def _cond(self, cid: str):
+        """The condition of id ``cid``: an encoded one, or a storyboard blend of encoded ones
+        (``blend:sb0=9,sb1=3``, :func:`longvid_dist.storyboard.parse_blend`) computed here from
+        their embeddings once per id."""
+        if cid in self.conds:
+            return self.conds[cid]
+        if cid not in self._blends:
+            from ..models.base import blend_cond_arrays
+            from ..storyboard import parse_blend
+
+            parts = parse_blend(cid)
+            if parts is None:
+                raise KeyError(f"no conditioning {cid!r} (have: {', '.join(self.conds)})")
+            if len(self._blends) >= self.MAX_BLENDS:
+                self._blends.clear()
+            self._blends[cid] = self.load().cond_from_numpy(blend_cond_arrays([(self._arrays[k], w) for k, w in parts]))
+        return self._blends[cid]
 
     def install(self, patches: dict | None) -> None:
         """Install a render's attention/RoPE patches (free when the same ones are installed)."""
@@ -144,7 +169,7 @@ class Worker:
         t0 = time.perf_counter()
         adapter = self.load()
         self.install(patches)  # a restarted actor gets the patches with its first call
-        cond = self._conditions(version, conds)
+        self._conditions(version, conds)
         if "per_frame_timesteps" not in adapter.family.capabilities and any(np.ndim(w.timestep) for _, w, _ in items):
             raise ValueError(f"{adapter.family.name} models take one timestep per window, not one per frame")
         x = as_tensor(frames)  # [C, n, h, w]; x[:, idx] below copies
@@ -152,7 +177,7 @@ class Worker:
         out = []
         for idx, w, keep in items:
             anchor = w.anchor if w.role == "follow" else w.frames
-            p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
+            p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), self._cond(w.cond),
                                 role=w.role, anchor_key=anchor)
             if keep and reply:
                 out.append(p.cpu().numpy())
