@@ -61,12 +61,31 @@ def model_source(spec: RenderSpec) -> str:
 
 
 def load_adapter(spec: RenderSpec, device: str = "cpu", dtype: str = "float32"):
-    """Load the spec's model replica with its family adapter."""
+    """Load the spec's model replica with its family adapter (with ``spec.offload``: loaded on
+    the CPU, its models moved to ``device`` only when used)."""
     import torch
 
     from .models.registry import adapter_class
 
-    return adapter_class(spec.resolved.family).load(model_source(spec), device=device, dtype=getattr(torch, dtype))
+    offload = spec.offload != "none"
+    adapter = adapter_class(spec.resolved.family).load(model_source(spec), device="cpu" if offload else device,
+                                                       dtype=getattr(torch, dtype))
+    adapter.enable_offload(spec.offload, device)
+    return adapter
+
+
+def check_offload(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
+    """Refuse ``--offload`` for a render that will run on a CPU (one line naming the flag); a
+    Ray render checks it where its workers' device is known (``RayExecutor``)."""
+    if spec.offload == "none" or (parallel is not None and parallel.distributed):
+        return
+    import torch
+
+    from .config import SpecError, offload_refusal
+
+    device, _ = _device_dtype(spec, torch.cuda.is_available())
+    if not device.startswith("cuda"):
+        raise SpecError("offload", offload_refusal(spec.offload, device))
 
 
 class _Progress(Progress):
@@ -105,7 +124,7 @@ def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):
     from .runtime.ray_executor import RayExecutor
 
     return RayExecutor(spec.resolved.family.name, model_source(spec), parallel, device=spec.device,
-                       dtype=spec.dtype)
+                       dtype=spec.dtype, offload=spec.offload)
 
 
 def storyboard_conds(spec: RenderSpec):
@@ -122,6 +141,7 @@ def storyboard_conds(spec: RenderSpec):
 def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
     """Refuse a parallel layout the spec's model cannot run (``SpecError`` naming the flag),
     reading configs only: before any worker or weight is loaded."""
+    check_offload(spec, parallel)
     if parallel is not None and parallel.group_size > 1:
         from .config import SpecError
         from .methods import registry

@@ -30,6 +30,8 @@ SEED_MAX = 2**64 - 1
 FPS_MAX = 1000.0
 """Highest output frame rate."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OFFLOADS = ("none", "model", "sequential")
+"""``--offload`` modes: diffusers' model / sequential CPU offload (accelerate hooks; CUDA only)."""
 
 
 OUTPUT_FIELDS = ("prompt", "negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance",
@@ -58,6 +60,12 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if on_gpu else "float32"
+
+
+def offload_refusal(mode: str, device: str) -> str:
+    """Why ``--offload mode`` cannot run on ``device`` (a CPU): the one line the user sees."""
+    return (f"{mode} offload keeps weights on the CPU and moves them to a CUDA GPU when used; this render "
+            f"runs on {device}, where everything already is in CPU memory: drop --offload")
 
 
 class SpecError(ValueError):
@@ -108,6 +116,9 @@ class RenderSpec:
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: str = "auto"
     """Transformer dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    offload: str = "none"
+    """CPU offload for a GPU smaller than the model: ``none``, ``model`` (one whole model on the
+    GPU at a time) or ``sequential`` (one layer at a time); needs a CUDA device."""
     checkpoint_every: int = 5
     """Checkpoint the coordinator state every this many steps (0 = never) to ``<out>.ckpt``."""
     resume: bool = False
@@ -175,6 +186,10 @@ class RenderSpec:
             self._check_storyboard()
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise SpecError("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.offload not in OFFLOADS:
+            raise SpecError("offload", f"must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
+        if self.offload != "none" and self.device == "cpu":
+            raise SpecError("offload", offload_refusal(self.offload, "cpu"))
         if self.dtype not in DTYPES:
             raise SpecError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         try:

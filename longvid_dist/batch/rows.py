@@ -18,7 +18,7 @@ ROW_KEYS = ("id", "prompt", "negative_prompt", "frames", "height", "width", "see
 """Keys a prompts row may have (``storyboard``: an inline storyboard object or the path of its JSON
 file, as ``longvid render --storyboard``; ``prompt`` may then be left out)."""
 DEFAULT_KEYS = ("model", "negative_prompt", "frames", "height", "width", "fps", "steps", "guidance", "recipe",
-                "seed", "device", "dtype", "decode_chunk", "checkpoint_every")
+                "seed", "device", "dtype", "offload", "decode_chunk", "checkpoint_every")
 """Keys of ``run_batch``'s ``defaults`` (the render flags ``longvid batch`` takes)."""
 MAX_NAME = 100
 """Longest sanitized id (before the hash suffix)."""

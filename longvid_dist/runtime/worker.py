@@ -25,12 +25,17 @@ class Worker:
     """One model replica on one device."""
 
     def __init__(self, family: str, source: str, device: str = "cpu", dtype: str = "float32",
-                 threads: int = 0, rank: int = 0, group: Sequence[int] = (0,)):
+                 threads: int = 0, rank: int = 0, group: Sequence[int] = (0,), offload: str = "none",
+                 keep_text_encoders: bool = False):
         if threads > 0:
             torch.set_num_threads(threads)
         self.family, self.source, self.device, self.dtype = family, source, device, dtype
         self.rank = rank
         """This worker's index among the render's workers."""
+        self.offload = offload
+        """CPU offload of the replica (``RenderSpec.offload``)."""
+        self.keep_text_encoders = keep_text_encoders
+        """Keep the text encoders loaded after encoding (else freed, reloaded for a new prompt)."""
         self.group = list(group)
         """Ranks that share one window's attention (sequence parallelism); ``[rank]`` today."""
         self.adapter = None
@@ -47,7 +52,7 @@ class Worker:
     def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,)) -> "Worker":
         """A worker around an adapter already loaded in this process."""
         w = cls(adapter.family.name, "", str(adapter.device), str(adapter.dtype).removeprefix("torch."),
-                rank=rank, group=group)
+                rank=rank, group=group, offload=adapter.offload)
         w.adapter = adapter
         return w
 
@@ -60,8 +65,10 @@ class Worker:
             device = self.device
             if device == "cuda":
                 device = "cuda:0"  # under Ray, CUDA_VISIBLE_DEVICES is this actor's GPU
-            self.adapter = adapter_class(FAMILIES[self.family]).load(self.source, device=device,
+            offload = self.offload != "none"
+            self.adapter = adapter_class(FAMILIES[self.family]).load(self.source, device="cpu" if offload else device,
                                                                      dtype=getattr(torch, self.dtype))
+            self.adapter.enable_offload(self.offload, device)
         return self.adapter
 
     def warm(self) -> bool:
@@ -106,14 +113,26 @@ class Worker:
 
     # -- conditioning -----------------------------------------------------------------------
     def encode(self, prompts: dict[str, tuple[str, str]], guidance: float) -> dict[str, dict]:
-        """Encode each conditioning id's (prompt, negative prompt): numpy embeddings per id."""
+        """Encode each conditioning id's (prompt, negative prompt): numpy embeddings per id. The
+        text encoders are freed afterwards (reloaded here for the next prompts) unless
+        ``keep_text_encoders``: the denoising loop never needs them."""
         adapter = self.load()
-        return {cid: adapter.encode_prompt(p, n, guidance).to_numpy() for cid, (p, n) in prompts.items()}
+        adapter.restore_text_encoders()
+        out = {cid: adapter.encode_prompt(p, n, guidance).to_numpy() for cid, (p, n) in prompts.items()}
+        self.release_text_encoders()
+        return out
+
+    def release_text_encoders(self) -> list[str]:
+        """Free this replica's text encoders (unless ``keep_text_encoders``); the names freed."""
+        if self.keep_text_encoders or self.adapter is None:
+            return []
+        return self.adapter.release_text_encoders()
 
     def _conditions(self, version: str, conds: dict[str, dict]) -> dict:
         """The replica-side conditions of ``version`` (converted once per render)."""
         if version != self.cond_version:
             adapter = self.load()
+            self.release_text_encoders()  # a worker that did not encode never needs its own
             self.conds = {cid: adapter.cond_from_numpy(c) for cid, c in conds.items()}
             self._arrays = conds
             self._blends: dict = {}
@@ -194,6 +213,11 @@ class Worker:
         """uint8 ``[n, H, W, 3]`` chunks of ``latent[:, skip:]``, warmed up on the first ``skip``
         latent frames; ``chunk`` latent frames of pixels alive at a time."""
         return (to_uint8(f) for f in self.load().decode(as_tensor(latent), chunk, skip=skip))
+
+    def decode_pieces(self, latent: np.ndarray, skip: int, chunk: int) -> Iterator[np.ndarray]:
+        """:meth:`iter_decode` as a generator method: under Ray a streaming task whose every
+        ``chunk`` latent frames of pixels are an object of their own."""
+        yield from self.iter_decode(latent, chunk, skip)
 
     def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
         """All pixels of ``latent[:, skip:]`` as one uint8 ``[n, H, W, 3]`` array."""
