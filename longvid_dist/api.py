@@ -61,12 +61,31 @@ def model_source(spec: RenderSpec) -> str:
 
 
 def load_adapter(spec: RenderSpec, device: str = "cpu", dtype: str = "float32"):
-    """Load the spec's model replica with its family adapter."""
+    """Load the spec's model replica with its family adapter (with ``spec.offload``: loaded on
+    the CPU, its models moved to ``device`` only when used)."""
     import torch
 
     from .models.registry import adapter_class
 
-    return adapter_class(spec.resolved.family).load(model_source(spec), device=device, dtype=getattr(torch, dtype))
+    offload = spec.offload != "none"
+    adapter = adapter_class(spec.resolved.family).load(model_source(spec), device="cpu" if offload else device,
+                                                       dtype=getattr(torch, dtype))
+    adapter.enable_offload(spec.offload, device)
+    return adapter
+
+
+def check_offload(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
+    """Refuse ``--offload`` for a render that will run on a CPU (one line naming the flag); a
+    Ray render checks it where its workers' device is known (``RayExecutor``)."""
+    if spec.offload == "none" or (parallel is not None and parallel.distributed):
+        return
+    import torch
+
+    from .config import SpecError, offload_refusal
+
+    device, _ = _device_dtype(spec, torch.cuda.is_available())
+    if not device.startswith("cuda"):
+        raise SpecError("offload", offload_refusal(spec.offload, device))
 
 
 class _Progress(Progress):
@@ -101,16 +120,28 @@ def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):
 
         from .runtime.executor import LocalExecutor
 
-        return LocalExecutor(load_adapter(spec, *_device_dtype(spec, torch.cuda.is_available())))
+        return LocalExecutor(load_adapter(spec, *_device_dtype(spec, torch.cuda.is_available())), own_adapter=True)
     from .runtime.ray_executor import RayExecutor
 
     return RayExecutor(spec.resolved.family.name, model_source(spec), parallel, device=spec.device,
-                       dtype=spec.dtype)
+                       dtype=spec.dtype, offload=spec.offload)
+
+
+def storyboard_conds(spec: RenderSpec):
+    """The spec's storyboard on its latent (:class:`~longvid_dist.storyboard.StoryboardConds`),
+    or None without one."""
+    if spec.storyboard is None:
+        return None
+    from .storyboard import StoryboardConds
+
+    return StoryboardConds(spec.storyboard, spec.latent_frames, spec.resolved.family.temporal_factor,
+                           spec.negative_prompt)
 
 
 def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
     """Refuse a parallel layout the spec's model cannot run (``SpecError`` naming the flag),
     reading configs only: before any worker or weight is loaded."""
+    check_offload(spec, parallel)
     if parallel is not None and parallel.group_size > 1:
         from .config import SpecError
         from .methods import registry
@@ -166,15 +197,17 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
     try:
         timings["load"] = time.perf_counter() - t_start
 
+        fam = spec.resolved.family
+        conds = storyboard_conds(spec)
         t0 = time.perf_counter()
-        executor.set_conditions({"main": (spec.prompt, spec.negative_prompt)}, spec.guidance)
+        executor.set_conditions(conds.conditions() if conds else {"main": (spec.prompt, spec.negative_prompt)},
+                                spec.guidance)
         timings["encode"] = time.perf_counter() - t0
 
-        fam = spec.resolved.family
         planner = Planner(recipe, spec.latent_frames, fam.latent_frames(fam.native_frames),
                           lambda purpose, step: keyed_generator(spec.seed, purpose, step),
                           tokens_per_frame=(spec.height // fam.spatial_multiple) * (spec.width // fam.spatial_multiple),
-                          temporal_factor=fam.temporal_factor)
+                          temporal_factor=fam.temporal_factor, conds=conds)
         if planner.chunks is not None:  # chunk after chunk (diffusion forcing, causal rollout)
             from .sampling.chunks import run_chunks
 
@@ -218,7 +251,7 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         if preview:
             from .io.preview import PreviewSheet
 
-            sheet = PreviewSheet(spec.frames)
+            sheet = PreviewSheet(spec.frames, boundaries=spec.storyboard.starts()[1:] if spec.storyboard else None)
         with VideoWriter(spec.out, spec.width, spec.height, spec.fps) as writer:
             for chunk in executor.decode(result.latent, spec.decode_chunk):
                 writer.write(chunk)
@@ -246,6 +279,7 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
         "recipe": recipe.to_dict(),
         "resolved_recipe": planner.resolved(),
         "windows": first_windows,
+        **({"storyboard": conds.describe()} if conds else {}),
         "frames": writer.frames_written,
         "latent_frames": spec.latent_frames,
         "device": executor.device,

@@ -44,6 +44,10 @@ SPEC_FLAGS: dict[str, dict] = {
     "dtype": dict(default=_D["dtype"].default,
                   help="transformer dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 "
                        "(default: %(default)s)"),
+    "offload": dict(choices=("none", "model", "sequential"), default=_D["offload"].default,
+                    help="CPU offload for a GPU smaller than the model (diffusers/accelerate; CUDA only): "
+                         "model moves one whole model (text encoder, transformer, VAE) to the GPU at a time, "
+                         "sequential one layer at a time (least memory, slowest) (default: %(default)s)"),
     "checkpoint_every": dict(type=int, default=_D["checkpoint_every"].default,
                              help="checkpoint latent and scheduler every N steps to <out>.ckpt, 0 = never "
                                   "(default: %(default)s)"),
@@ -58,7 +62,13 @@ def add_spec_args(p: argparse.ArgumentParser, names) -> None:
 
 
 def _add_render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", required=True, help="text prompt (required, non-empty)")
+    p.add_argument("--prompt", default="",
+                   help="text prompt (required, non-empty, unless --storyboard is given: then it is the "
+                        "storyboard's global prompt, used by GLC's global path and ABAM anchors)")
+    p.add_argument("--storyboard", default=None, metavar="STORY.json",
+                   help='segments with their own prompts: {"global": "optional prompt for the whole video", '
+                        '"segments": [{"prompt": "...", "frames": N}, ...]}, the frames summing to --frames; '
+                        "windows straddling a boundary blend the prompts by frame overlap")
     add_spec_args(p, ("negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance", "recipe"))
     p.add_argument("--window", type=int, default=None,
                    help="window length in latent frames (default: the model's native clip, 21 for Wan)")
@@ -68,7 +78,7 @@ def _add_render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=_D["out"].default,
                    help="output: .mp4 (H.264), .mkv (lossless FFV1) or a directory ending in / (PNG frames); "
                         "a sidecar <out>.json is written beside it (default: %(default)s)")
-    add_spec_args(p, ("decode_chunk", "device", "dtype"))
+    add_spec_args(p, ("decode_chunk", "device", "dtype", "offload"))
     p.add_argument("--workers", type=int, default=None,
                    help="render on N Ray worker actors (one GPU each; CPUs on a CPU-only machine); "
                         "default: in this process")
@@ -237,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         result = render(spec, parallel, progress=not args.quiet, preview=args.preview, preflight=False)
     except CheckpointError as e:
         print(f"longvid render: error: {e}", file=sys.stderr)
+        return 2
+    except SpecError as e:  # found once the device is known (--offload on a CPU-only cluster)
+        print(f"longvid render: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("longvid render: interrupted; no output written", file=sys.stderr)

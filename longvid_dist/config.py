@@ -13,9 +13,13 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from .io.video import check_output_path
 from .models.registry import ResolvedModel, resolve_model
+
+if TYPE_CHECKING:
+    from .storyboard import Storyboard
 
 DEVICES = ("auto", "cpu", "cuda")
 SP_BACKENDS = ("native", "xfuser")
@@ -26,12 +30,15 @@ SEED_MAX = 2**64 - 1
 FPS_MAX = 1000.0
 """Highest output frame rate."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OFFLOADS = ("none", "model", "sequential")
+"""``--offload`` modes: diffusers' model / sequential CPU offload (accelerate hooks; CUDA only)."""
 
 
 OUTPUT_FIELDS = ("prompt", "negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance",
                  "recipe", "window", "stride", "seed", "dtype")
-"""Spec fields that determine the video; the others (output path, decode chunk, device...) and
-the parallel layout may differ between a killed render and its resumption."""
+"""Spec fields that determine the video (and ``storyboard`` when one is given); the others (output
+path, decode chunk, device...) and the parallel layout may differ between a killed render and its
+resumption."""
 
 
 def flag_name(field_name: str) -> str:
@@ -43,7 +50,8 @@ def output_key(spec: dict) -> str:
     """Hash of a spec's :data:`OUTPUT_FIELDS` (as a plain dict: a sidecar's or checkpoint's
     ``spec``); numbers compare by value, so guidance 5 (JSON) and 5.0 (CLI) are one render."""
     norm = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v  # noqa: E731
-    blob = json.dumps({k: norm(spec.get(k)) for k in OUTPUT_FIELDS}, sort_keys=True, default=str)
+    keys = OUTPUT_FIELDS + (("storyboard",) if spec.get("storyboard") else ())  # keys of older renders stay
+    blob = json.dumps({k: norm(spec.get(k)) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -52,6 +60,12 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if on_gpu else "float32"
+
+
+def offload_refusal(mode: str, device: str) -> str:
+    """Why ``--offload mode`` cannot run on ``device`` (a CPU): the one line the user sees."""
+    return (f"{mode} offload keeps weights on the CPU and moves them to a CUDA GPU when used; this render "
+            f"runs on {device}, where everything already is in CPU memory: drop --offload")
 
 
 class SpecError(ValueError):
@@ -67,8 +81,9 @@ class SpecError(ValueError):
 class RenderSpec:
     """One video to render. Pixel sizes are in frames/pixels; window sizes in latent frames."""
 
-    prompt: str
-    """Text prompt (must not be empty)."""
+    prompt: str = ""
+    """Text prompt (must not be empty without a storyboard; with one it is the global prompt,
+    for GLC's global path and ABAM anchors, unless the storyboard names its own)."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance."""
     model: str = "tiny-wan"
@@ -101,16 +116,22 @@ class RenderSpec:
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: str = "auto"
     """Transformer dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."""
+    offload: str = "none"
+    """CPU offload for a GPU smaller than the model: ``none``, ``model`` (one whole model on the
+    GPU at a time) or ``sequential`` (one layer at a time); needs a CUDA device."""
     checkpoint_every: int = 5
     """Checkpoint the coordinator state every this many steps (0 = never) to ``<out>.ckpt``."""
     resume: bool = False
     """Continue from ``<out>.ckpt`` written by an interrupted render of the same spec."""
+    storyboard: Storyboard | dict | str | None = None
+    """Segments with their own prompts (:mod:`longvid_dist.storyboard`): a JSON object, a path to
+    a JSON file, or None; held as the validated :class:`~longvid_dist.storyboard.Storyboard`."""
     resolved: ResolvedModel = field(init=False, repr=False, compare=False)
     """The model name resolved to its family (filled in by validation)."""
 
     def __post_init__(self):
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise SpecError("prompt", "must be a non-empty string")
+        if not isinstance(self.prompt, str) or (self.storyboard is None and not self.prompt.strip()):
+            raise SpecError("prompt", "must be a non-empty string (or give a storyboard)")
         try:
             resolved = resolve_model(self.model)
         except ValueError as e:
@@ -170,14 +191,31 @@ class RenderSpec:
         if self.stride and latent > window and self.stride > window:
             raise SpecError("stride", f"{self.stride} must not exceed the window ({window} latent frames)")
         _int(self, "checkpoint_every", 0)
+        if self.storyboard is not None:
+            self._check_storyboard()
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise SpecError("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.offload not in OFFLOADS:
+            raise SpecError("offload", f"must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
+        if self.offload != "none" and self.device == "cpu":
+            raise SpecError("offload", offload_refusal(self.offload, "cpu"))
         if self.dtype not in DTYPES:
             raise SpecError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         try:
             check_output_path(self.out)
         except ValueError as e:
             raise SpecError("out", str(e)) from None
+
+    def _check_storyboard(self) -> None:
+        from .storyboard import Storyboard
+
+        board = Storyboard.parse(self.storyboard, self.frames)
+        if self.prompt.strip():
+            if board.global_prompt is None:
+                board = Storyboard(board.segments, self.prompt)  # --prompt is the global prompt
+            elif board.global_prompt != self.prompt:
+                raise SpecError("prompt", "differs from the storyboard's global prompt; give only one of them")
+        object.__setattr__(self, "storyboard", board)
 
     @property
     def latent_frames(self) -> int:
@@ -188,6 +226,8 @@ class RenderSpec:
         """Plain fields (for the sidecar and checkpoints)."""
         d = asdict(self)
         d.pop("resolved", None)
+        if self.storyboard is not None:
+            d["storyboard"] = self.storyboard.to_dict()
         return d
 
     def output_key(self) -> str:

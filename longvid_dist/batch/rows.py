@@ -13,10 +13,12 @@ import tempfile
 from ..config import RenderSpec, SpecError
 from .results import BatchInputError, RowResult
 
-ROW_KEYS = ("id", "prompt", "negative_prompt", "frames", "height", "width", "seed", "recipe", "steps", "guidance")
-"""Keys a prompts row may have."""
+ROW_KEYS = ("id", "prompt", "negative_prompt", "frames", "height", "width", "seed", "recipe", "steps", "guidance",
+            "storyboard")
+"""Keys a prompts row may have (``storyboard``: an inline storyboard object or the path of its JSON
+file, as ``longvid render --storyboard``; ``prompt`` may then be left out)."""
 DEFAULT_KEYS = ("model", "negative_prompt", "frames", "height", "width", "fps", "steps", "guidance", "recipe",
-                "seed", "device", "dtype", "decode_chunk", "checkpoint_every")
+                "seed", "device", "dtype", "offload", "decode_chunk", "checkpoint_every")
 """Keys of ``run_batch``'s ``defaults`` (the render flags ``longvid batch`` takes)."""
 MAX_NAME = 100
 """Longest sanitized id (before the hash suffix)."""
@@ -143,7 +145,7 @@ def parse_rows(lines: list[str], out_dir: str, defaults: dict) -> list[RowResult
         r.out = os.path.join(out_dir, r.name + ".mp4")
         unknown = [k for k in obj if k not in ROW_KEYS]
         problem = None
-        if "prompt" not in obj:
+        if "prompt" not in obj and obj.get("storyboard") is None:
             problem = "missing prompt"
         elif unknown:
             problem = (f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "

@@ -3,7 +3,7 @@
 :class:`PreviewSheet` picks the frames while a render streams its decode (no second pass, only
 the picked frames are kept); :func:`write_preview` makes one from a finished video. Segment
 boundaries (storyboard segments, once they exist) are marked by a coloured bar under the
-first frame of each segment shown.
+first frame of each segment shown (the first picked frame at or after the segment's start).
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ class PreviewSheet:
     def __init__(self, total: int, n: int = PREVIEW_FRAMES, boundaries: list[int] | None = None):
         self.wanted = pick_frames(total, n)
         self.boundaries = set(boundaries or [])
+        """First pixel frame of each segment after the first."""
+        starts = sorted(self.boundaries) + [total]
+        self.marked = set()
+        """Picked frames that are the first shown of their segment (they get the bar)."""
+        for b, end in zip(starts, starts[1:]):
+            shown = [i for i in self.wanted if b <= i < end]
+            if shown:
+                self.marked.add(shown[0])
         self.frames: dict[int, np.ndarray] = {}
         self.seen = 0
 
@@ -63,7 +71,7 @@ class PreviewSheet:
             x = pad + k * (tw + pad)
             sheet.paste(Image.fromarray(self.frames[i]).resize((tw, th), Image.BILINEAR), (x, pad))
             draw.text((x + 2, pad + th + 2), f"#{i}", fill=(230, 230, 230))
-            if i in self.boundaries:
+            if i in self.marked:
                 draw.rectangle((x, pad + th, x + tw - 1, pad + th + 1), fill=(255, 160, 0))
         tmp = f"{path}.{os.getpid()}.tmp"
         sheet.save(tmp, format="PNG")

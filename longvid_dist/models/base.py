@@ -51,6 +51,30 @@ class Cond:
                    {k: t(v) for k, v in data.get("extras", {}).items()})
 
 
+def blend_cond_arrays(parts: list[tuple[dict, float]]) -> dict:
+    """A weighted blend of conditionings in :meth:`Cond.to_numpy` form (``[(arrays, weight)]``,
+    weights summing to 1): floating arrays are summed in float32 in the order given, masks and
+    other integer arrays are united (elementwise max); an array equal in every part (the shared
+    negative prompt) is kept exactly as it is. Pure and deterministic: every worker computes the
+    same blend."""
+    def mix(arrays: list):
+        if arrays[0] is None:
+            return None
+        if all(a is arrays[0] or np.array_equal(a, arrays[0]) for a in arrays[1:]):
+            return arrays[0]
+        if not np.issubdtype(arrays[0].dtype, np.floating):
+            return np.maximum.reduce(arrays)
+        out = np.zeros(arrays[0].shape, np.float32)
+        for a, (_, w) in zip(arrays, parts):
+            out += np.float32(w) * a.astype(np.float32)
+        return out
+
+    first = parts[0][0]
+    return {"pos": mix([p["pos"] for p, _ in parts]), "neg": mix([p["neg"] for p, _ in parts]),
+            "guidance": first["guidance"],
+            "extras": {k: mix([p["extras"][k] for p, _ in parts]) for k in first.get("extras", {})}}
+
+
 class LatentSpace(ABC):
     """Coordinator-side view of a model: latent geometry, initial noise and a fresh scheduler,
     built from the pipeline's config files only, so the coordinator never loads weights.
@@ -139,6 +163,81 @@ class ModelAdapter(ABC):
     def decode_context(self) -> int:
         """Latent frames of warm-up after which a decode starting mid-video is exact."""
 
+    # -- memory: text encoders and offload ---------------------------------------------------
+    offload: str = "none"
+    """CPU offload of the pipeline's models (:meth:`enable_offload`): none, model or sequential."""
+
+    def text_encoder_names(self) -> list[str]:
+        """Pipeline components that only encode prompts (``text_encoder``, ``text_encoder_2``...)."""
+        comps = getattr(getattr(self, "pipe", None), "components", {}) or {}
+        return [k for k, v in comps.items() if k.startswith("text_encoder") and isinstance(v, torch.nn.Module)]
+
+    def release_text_encoders(self) -> list[str]:
+        """Free the text encoders once conditions are encoded (their weights are often the
+        largest after the transformer's: UMT5-XXL is 5.7B parameters for Wan); returns the
+        names freed. :meth:`restore_text_encoders` loads them again from the pipeline's folder
+        when a new prompt comes. Kept as they are under CPU offload (their weights already wait
+        on the CPU) and for a pipeline not loaded from a folder (nothing to reload from)."""
+        pipe = getattr(self, "pipe", None)
+        source = getattr(getattr(pipe, "config", {}), "get", lambda k, d=None: d)("_name_or_path")
+        if pipe is None or self.offload != "none" or not source:
+            return []
+        names = self.text_encoder_names()
+        if not names:
+            return []
+        released = getattr(self, "_released_text", {})
+        for name in names:
+            m = getattr(pipe, name)
+            released[name] = (type(m), m.dtype, source)
+            setattr(pipe, name, None)  # the pipeline's config keeps the class, for the reload
+        self._released_text = released
+        m = None
+        free_memory(self.device)
+        return names
+
+    def restore_text_encoders(self) -> list[str]:
+        """Load the text encoders :meth:`release_text_encoders` freed (same files, same dtype,
+        so the embeddings are bit for bit the ones before); returns the names loaded."""
+        released = getattr(self, "_released_text", {})
+        for name, (cls, dtype, source) in list(released.items()):
+            m = cls.from_pretrained(source, subfolder=name, dtype=dtype).eval().to(self.device)
+            setattr(self.pipe, name, m)
+            del released[name]
+        return list(released)
+
+    def text_encoders_loaded(self) -> bool:
+        """Whether every text encoder is in memory (False after :meth:`release_text_encoders`)."""
+        return not getattr(self, "_released_text", {})
+
+    def enable_offload(self, mode: str, device) -> None:
+        """Keep the pipeline's weights on the CPU and move them to ``device`` when used
+        (diffusers' accelerate hooks): ``model`` moves one whole model (text encoder,
+        transformer, VAE) at a time, ``sequential`` one layer at a time (slowest, least GPU
+        memory). Inputs then go to ``device``, the execution device."""
+        if mode == "none":
+            return
+        if mode == "model":
+            self.pipe.enable_model_cpu_offload(device=device)
+        elif mode == "sequential":
+            # diffusers' enable_sequential_cpu_offload, except the text encoders: accelerate's
+            # per-layer hooks fail on transformers' UMT5/T5 embeddings (accelerate 1.16,
+            # transformers 5), and they run once per prompt, so they move whole, like ``model``.
+            from accelerate import cpu_offload, cpu_offload_with_hook
+
+            self.pipe.to("cpu")
+            text = set(self.text_encoder_names())
+            for name, m in self.pipe.components.items():
+                if not isinstance(m, torch.nn.Module):
+                    continue
+                if name in text:
+                    cpu_offload_with_hook(m, torch.device(device))
+                else:
+                    cpu_offload(m, torch.device(device), offload_buffers=len(m._parameters) > 0)
+        else:
+            raise ValueError(f"unknown offload {mode!r}: use none, model or sequential")
+        self.offload = mode
+        self.device = torch.device(device)
+
     def enable_sequence_parallel(self, sp) -> None:
         """Split this replica's forwards over ``sp``'s group (``models.parallel``); None turns it
         off. Families with the ``context_parallel`` capability implement it."""
@@ -151,6 +250,30 @@ class ModelAdapter(ABC):
         from pathlib import Path
 
         return int(json.loads((Path(source) / "transformer" / "config.json").read_text())["num_attention_heads"])
+
+def onload(module) -> None:
+    """Move an offloaded model to its execution device before calling its submodules directly
+    (diffusers' ``apply_forward_hook`` does this for ``vae.decode``); nothing without a hook."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
+def free_memory(device=None) -> None:
+    """Return freed memory: Python garbage, the CUDA cache, and glibc's free heap pages (a
+    freed CPU tensor otherwise stays in the process's resident memory)."""
+    import gc
+
+    gc.collect()
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
 
 WHOLE_LATENT = 1 << 20
 """``decode_context()`` of a VAE that does not stream exactly: a context longer than any video,

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import Cond, LatentSpace, ModelAdapter
+from .base import Cond, LatentSpace, ModelAdapter, onload
 from .hooks import AttentionPatch, AttnContext, rope_frequencies
 from .parallel import SequenceParallel, register_split_hooks
 from .registry import FAMILIES, family_of_index
@@ -321,6 +321,7 @@ class WanAdapter(ModelAdapter):
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
         vae = self.vae
+        onload(vae)  # under model offload: the VAE's submodules are called directly below
         z = self._denormalize(latent.unsqueeze(0).to(self.device, vae.dtype))  # [1, C, F, h, w]
         drop = 0 if skip == 0 else 1 + self.space.temporal * (skip - 1)  # pixel frames of the context
         vae.clear_cache()

@@ -69,10 +69,12 @@ class Executor(ABC):
 
 
 class LocalExecutor(Executor):
-    """Runs every window in-process on one worker, in window order."""
+    """Runs every window in-process on one worker, in window order. The adapter is the
+    caller's: its text encoders stay loaded unless ``own_adapter`` (then they are freed once
+    the prompts are encoded, as on a Ray worker)."""
 
-    def __init__(self, adapter):
-        self.worker = Worker.from_adapter(adapter)
+    def __init__(self, adapter, own_adapter: bool = False):
+        self.worker = Worker.from_adapter(adapter, keep_text_encoders=not own_adapter)
         self.space = adapter.space
         self.device, self.dtype = self.worker.device, self.worker.dtype
         self.conds: dict = {}

@@ -152,7 +152,7 @@ class RayExecutor(Executor):
 
     def __init__(self, family: str, source: str, parallel: ParallelConfig, device: str = "auto",
                  dtype: str = "auto", cpus_per_worker: int = 1, placement_timeout: float = 30.0,
-                 max_restarts: int = 3):
+                 max_restarts: int = 3, offload: str = "none"):
         if ray is None:
             raise ClusterError("ray is not installed")
         from ..models.registry import FAMILIES, adapter_class
@@ -176,6 +176,11 @@ class RayExecutor(Executor):
             self.close()
             raise
         use_gpu = "GPU" in bundle
+        if offload != "none" and not use_gpu:
+            from ..config import SpecError, offload_refusal
+
+            self.close()
+            raise SpecError("offload", offload_refusal(offload, "cpu") + " (the cluster has no GPU)")
         self.device = "cuda" if use_gpu else "cpu"
         self.dtype = resolve_dtype(dtype, use_gpu)
         group_of = {r: g for g in self.groups for r in g}
@@ -185,7 +190,7 @@ class RayExecutor(Executor):
                 max_restarts=max_restarts, num_gpus=1 if use_gpu else 0, num_cpus=bundle["CPU"],
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=b),
             ).remote(family, source, self.device, self.dtype, 0 if use_gpu else cpus_per_worker,
-                     rank=i, group=group_of[i])
+                     rank=i, group=group_of[i], offload=offload)
             for i, (pg, b) in enumerate(placement)
         ]
         self.epoch: int | None = None
@@ -365,12 +370,17 @@ class RayExecutor(Executor):
                 "workers": [{"index": i, "busy": b} for i, b in enumerate(self.busy)]}
 
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:
-        """Temporal chunks decoded on all workers at once, yielded in order.
+        """Temporal spans decoded on all workers at once, yielded in order, ``chunk`` latent
+        frames of pixels at a time.
 
-        Each chunk after the first is warmed up on the ``R`` latent frames before it (R = the
-        VAE's temporal receptive field), so the frames equal a sequential decode exactly. Chunks
-        are at least R long to keep that overhead <= 2x; at most two per worker are in flight,
-        bounding pixel memory.
+        Each span after the first is warmed up on the ``R`` latent frames before it (R = the
+        VAE's temporal receptive field), so the frames equal a sequential decode exactly. Spans
+        are at least R long to keep that overhead <= 2x. A worker streams its span
+        (:meth:`Worker.decode_pieces`, a Ray streaming generator): every ``chunk`` latent frames
+        of pixels is an object of its own, and a worker runs at most :data:`DECODE_AHEAD` pieces
+        ahead of the coordinator, so neither a worker nor the coordinator ever holds a whole
+        span of pixels (a long video's share used to come back as one array at the end of a
+        render). A worker lost mid-span is re-run and its pieces already yielded are skipped.
         """
         lat = latent.numpy()
         total = lat.shape[1]
@@ -380,12 +390,39 @@ class RayExecutor(Executor):
         calls = []
         for i, s in enumerate(range(0, total, size)):
             a = max(0, s - ctx)
-            calls.append((i % n, "decode", (np.ascontiguousarray(lat[:, a:min(s + size, total)]), s - a, chunk)))
-        inflight = [self._submit(*c) for c in calls[: 2 * n]]
-        for i, (k, m, args) in enumerate(calls):
-            yield self._get(k, inflight[i], m, args, "decode")
-            if len(inflight) < len(calls):
-                inflight.append(self._submit(*calls[len(inflight)]))
+            calls.append((i % n, (np.ascontiguousarray(lat[:, a:min(s + size, total)]), s - a, chunk)))
+        streams = [self._stream(k, args) for k, args in calls[: 2 * n]]
+        for i in range(len(calls)):
+            yield from self._pieces(calls[i][0], calls[i][1], streams[i])
+            if len(streams) < len(calls):
+                streams.append(self._stream(*calls[len(streams)]))
+
+    DECODE_AHEAD = 2
+    """Decoded pieces a worker may have produced that the coordinator has not taken yet."""
+
+    def _stream(self, k: int, args: tuple):
+        return self.workers[k].decode_pieces.options(
+            num_returns="streaming", _generator_backpressure_num_objects=self.DECODE_AHEAD).remote(*args)
+
+    def _pieces(self, k: int, args: tuple, stream) -> Iterator[np.ndarray]:
+        """The pieces of worker ``k``'s span ``args``, re-streamed from the restarted actor
+        (skipping what was yielded) when it died, up to ``max_restarts`` times."""
+        done = 0
+        for attempt in range(self.max_restarts + 1):
+            try:
+                for i, ref in enumerate(stream):
+                    piece = ray.get(ref)
+                    if i >= done:
+                        done += 1
+                        yield piece
+                return
+            except RayActorError as e:
+                self.restarts += 1
+                if attempt == self.max_restarts:
+                    raise ClusterError(f"worker {k} died {attempt + 1} times during decode; giving up "
+                                       f"({type(e).__name__})") from None
+                time.sleep(0.2 * attempt)
+                stream = self._stream(k, args)
 
     def healthy(self, timeout: float = 60.0) -> bool:
         """Whether every worker answers within ``timeout`` seconds (after its restarts)."""

@@ -25,27 +25,36 @@ class Worker:
     """One model replica on one device."""
 
     def __init__(self, family: str, source: str, device: str = "cpu", dtype: str = "float32",
-                 threads: int = 0, rank: int = 0, group: Sequence[int] = (0,)):
+                 threads: int = 0, rank: int = 0, group: Sequence[int] = (0,), offload: str = "none",
+                 keep_text_encoders: bool = False):
         if threads > 0:
             torch.set_num_threads(threads)
         self.family, self.source, self.device, self.dtype = family, source, device, dtype
         self.rank = rank
         """This worker's index among the render's workers."""
+        self.offload = offload
+        """CPU offload of the replica (``RenderSpec.offload``)."""
+        self.keep_text_encoders = keep_text_encoders
+        """Keep the text encoders loaded after encoding (else freed, reloaded for a new prompt)."""
         self.group = list(group)
         """Ranks that share one window's attention (sequence parallelism); ``[rank]`` today."""
         self.adapter = None
         self.conds: dict = {}
         self.cond_version: str | None = None
+        self._arrays: dict = {}
+        self._blends: dict = {}
         self.busy = 0.0
         """Seconds spent predicting, over the worker's life."""
         self.epoch: int | None = None
         """Which formation of the render's process group this worker joined (None: none)."""
 
     @classmethod
-    def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,)) -> "Worker":
-        """A worker around an adapter already loaded in this process."""
+    def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,),
+                     keep_text_encoders: bool = True) -> "Worker":
+        """A worker around an adapter already loaded in this process (a caller's adapter keeps
+        its text encoders unless ``keep_text_encoders`` is False)."""
         w = cls(adapter.family.name, "", str(adapter.device), str(adapter.dtype).removeprefix("torch."),
-                rank=rank, group=group)
+                rank=rank, group=group, offload=adapter.offload, keep_text_encoders=keep_text_encoders)
         w.adapter = adapter
         return w
 
@@ -58,8 +67,10 @@ class Worker:
             device = self.device
             if device == "cuda":
                 device = "cuda:0"  # under Ray, CUDA_VISIBLE_DEVICES is this actor's GPU
-            self.adapter = adapter_class(FAMILIES[self.family]).load(self.source, device=device,
+            offload = self.offload != "none"
+            self.adapter = adapter_class(FAMILIES[self.family]).load(self.source, device="cpu" if offload else device,
                                                                      dtype=getattr(torch, self.dtype))
+            self.adapter.enable_offload(self.offload, device)
         return self.adapter
 
     def warm(self) -> bool:
@@ -104,17 +115,52 @@ class Worker:
 
     # -- conditioning -----------------------------------------------------------------------
     def encode(self, prompts: dict[str, tuple[str, str]], guidance: float) -> dict[str, dict]:
-        """Encode each conditioning id's (prompt, negative prompt): numpy embeddings per id."""
+        """Encode each conditioning id's (prompt, negative prompt): numpy embeddings per id. The
+        text encoders are freed afterwards (reloaded here for the next prompts) unless
+        ``keep_text_encoders``: the denoising loop never needs them."""
         adapter = self.load()
-        return {cid: adapter.encode_prompt(p, n, guidance).to_numpy() for cid, (p, n) in prompts.items()}
+        adapter.restore_text_encoders()
+        out = {cid: adapter.encode_prompt(p, n, guidance).to_numpy() for cid, (p, n) in prompts.items()}
+        self.release_text_encoders()
+        return out
+
+    def release_text_encoders(self) -> list[str]:
+        """Free this replica's text encoders (unless ``keep_text_encoders``); the names freed."""
+        if self.keep_text_encoders or self.adapter is None:
+            return []
+        return self.adapter.release_text_encoders()
 
     def _conditions(self, version: str, conds: dict[str, dict]) -> dict:
         """The replica-side conditions of ``version`` (converted once per render)."""
         if version != self.cond_version:
             adapter = self.load()
+            self.release_text_encoders()  # a worker that did not encode never needs its own
             self.conds = {cid: adapter.cond_from_numpy(c) for cid, c in conds.items()}
+            self._arrays = conds
+            self._blends: dict = {}
             self.cond_version = version
         return self.conds
+
+    MAX_BLENDS = 64
+    """Storyboard blends kept per render (each is one prompt embedding); recomputed past that."""
+
+    def _cond(self, cid: str):
+        """The condition of id ``cid``: an encoded one, or a storyboard blend of encoded ones
+        (``blend:sb0=9,sb1=3``, :func:`longvid_dist.storyboard.parse_blend`) computed here from
+        their embeddings once per id."""
+        if cid in self.conds:
+            return self.conds[cid]
+        if cid not in self._blends:
+            from ..models.base import blend_cond_arrays
+            from ..storyboard import parse_blend
+
+            parts = parse_blend(cid)
+            if parts is None:
+                raise KeyError(f"no conditioning {cid!r} (have: {', '.join(self.conds)})")
+            if len(self._blends) >= self.MAX_BLENDS:
+                self._blends.clear()
+            self._blends[cid] = self.load().cond_from_numpy(blend_cond_arrays([(self._arrays[k], w) for k, w in parts]))
+        return self._blends[cid]
 
     def install(self, patches: dict | None) -> None:
         """Install a render's attention/RoPE patches (free when the same ones are installed)."""
@@ -144,7 +190,7 @@ class Worker:
         t0 = time.perf_counter()
         adapter = self.load()
         self.install(patches)  # a restarted actor gets the patches with its first call
-        cond = self._conditions(version, conds)
+        self._conditions(version, conds)
         if "per_frame_timesteps" not in adapter.family.capabilities and any(np.ndim(w.timestep) for _, w, _ in items):
             raise ValueError(f"{adapter.family.name} models take one timestep per window, not one per frame")
         x = as_tensor(frames)  # [C, n, h, w]; x[:, idx] below copies
@@ -153,7 +199,7 @@ class Worker:
         for idx, w, keep in items:
             anchor = w.anchor if w.role == "follow" else w.frames
             extra = {"causal_block": w.causal_block} if (w.causal_block or 1) > 1 else {}  # block-causal mask
-            p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), cond[w.cond],
+            p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), self._cond(w.cond),
                                 role=w.role, anchor_key=anchor, **extra)
             if keep and reply:
                 out.append(p.cpu().numpy())
@@ -191,6 +237,11 @@ class Worker:
         """uint8 ``[n, H, W, 3]`` chunks of ``latent[:, skip:]``, warmed up on the first ``skip``
         latent frames; ``chunk`` latent frames of pixels alive at a time."""
         return (to_uint8(f) for f in self.load().decode(as_tensor(latent), chunk, skip=skip))
+
+    def decode_pieces(self, latent: np.ndarray, skip: int, chunk: int) -> Iterator[np.ndarray]:
+        """:meth:`iter_decode` as a generator method: under Ray a streaming task whose every
+        ``chunk`` latent frames of pixels are an object of their own."""
+        yield from self.iter_decode(latent, chunk, skip)
 
     def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
         """All pixels of ``latent[:, skip:]`` as one uint8 ``[n, H, W, 3]`` array."""

@@ -7,6 +7,7 @@ A thin dispatcher: every section kind's behaviour is the factory registered for 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -26,13 +27,16 @@ class Planner:
     defaults filled in for this video) and the resolved values are what the factories, the
     workers (:meth:`patches`) and the sidecar (:meth:`resolved`) see. ``tokens_per_frame``
     (transformer tokens per latent frame) lets geometry-dependent attention defaults (FreeLOC's
-    stripe width) resolve at the coordinator; None leaves them to the layer.
+    stripe width) resolve at the coordinator; None leaves them to the layer. ``conds`` (a
+    :class:`~longvid_dist.storyboard.StoryboardConds`) gives every window the conditioning id of
+    the storyboard segments it covers; without it every window keeps ``main``.
     """
 
     def __init__(self, recipe: Recipe, num_frames: int, native_window: int,
                  rng: Callable[[str, int | None], torch.Generator], tokens_per_frame: int | None = None,
-                 temporal_factor: int = 4):
+                 temporal_factor: int = 4, conds=None):
         self.recipe = recipe
+        self.conds = conds
         self.num_frames = num_frames
         self.native = native_window
         plan = recipe.plan
@@ -95,19 +99,26 @@ class Planner:
 
     # -- windows and merge --------------------------------------------------------------
     def plan(self, step: int, t: float) -> StepPlan:
-        """The windows of step ``step`` (timestep ``t``) and their merge. A chunked plan has no
-        steps of its own: its largest model call stands for one (what cost estimates read)."""
+        """The windows of step ``step`` (timestep ``t``) and their merge, each window with its
+        conditioning id when there is a storyboard. A chunked plan has no steps of its own: its
+        largest model call stands for one (what cost estimates read)."""
         if self.chunks is not None:
             from ..methods.windows import direct_windows
 
             return StepPlan(direct_windows(self.window), lambda preds: preds[0])
-        return self._step_plan(step, t)
+        plan = self._step_plan(step, t)
+        if self.conds is None:
+            return plan
+        return StepPlan([replace(w, cond=self.conds.cond_for(w.frames, w.weights, w.path, w.role))
+                         for w in plan.windows], plan.merge)
 
     def windows(self, step: int, t: float) -> list[dict]:
-        """Plain data of step ``step``'s windows: ``[{"path", "frames"}, ...]`` in merge order."""
+        """Plain data of step ``step``'s windows: ``[{"path", "frames"}, ...]`` in merge order
+        (and each one's ``cond`` with a storyboard)."""
         if self.chunks is not None:
             return [{"path": "chunk", "frames": list(range(s.frames))} for s in self.chunks.segments()[:1]]
-        return [{"path": w.path, "frames": list(w.frames)} for w in self.plan(step, t).windows]
+        return [{"path": w.path, "frames": list(w.frames), **({"cond": w.cond} if self.conds else {})}
+                for w in self.plan(step, t).windows]
 
     # -- patches the workers install ----------------------------------------------------
     def patches(self) -> dict:
