@@ -268,3 +268,30 @@ def test_cli_bad_cluster_inputs(tmp_path):
         lines = p.stderr.read().strip().splitlines()
         assert len(lines) == 1 and flag in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_killed_mid_rollout_rewrites_its_kv_cache(tmp_path, tiny_adapter, tiny_path, ray_local):
+    """Causal rollout keeps its KV cache on one worker: killed mid-chunk, the restarted worker
+    gets the cache re-written from the finished blocks, and the video is unchanged."""
+    kw = dict(prompt="a cat", recipe="flex", frames=81, height=32, width=32, seed=3, guidance=1.0)
+    ref = RenderSpec(**kw, out=str(tmp_path / "ref.mkv"))
+    render(ref, executor=LocalExecutor(tiny_adapter), progress=False)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=1))
+    calls = [0]
+    real = ex.predict_block
+    victim = ex.worker_pids()[0]
+
+    def counting(*a, **k):  # kill the worker once, after the third block has started
+        calls[0] += 1
+        if calls[0] == 3 * 5 + 2:
+            os.kill(victim, signal.SIGKILL)
+        return real(*a, **k)
+
+    ex.predict_block = counting
+    spec = RenderSpec(**kw, out=str(tmp_path / "killed.mkv"))
+    try:
+        render(spec, executor=ex, progress=False)
+    finally:
+        ex.close()
+    assert calls[0] > 3 * 5 + 2 and ex.restarts >= 1
+    assert np.array_equal(read_frames(spec.out), read_frames(ref.out))

@@ -149,6 +149,10 @@ class Recording:
                 self.conds_seen = getattr(self, "conds_seen", set()) | {w.cond for w in windows}
                 return super().predict(latent, windows)
 
+            def predict_block(self, block, t, cache_id, offset, write, sink, window, cond="main"):
+                self.conds_seen = getattr(self, "conds_seen", set()) | {cond}
+                return super().predict_block(block, t, cache_id, offset, write, sink, window, cond)
+
         return Rec(adapter)
 
 
@@ -231,3 +235,14 @@ def test_cli_bad_storyboard_is_one_line_and_writes_nothing(tmp_path):
     assert r.returncode == 2
     assert r.stderr.splitlines() == [r.stderr.strip()] and "--storyboard.segments[1].frames" in r.stderr
     assert os.listdir(out) == []
+
+
+def test_chunked_plans_switch_prompts_per_chunk(tmp_path, tiny_adapter):
+    """Causal rollout (flex) conditions each block on the segment prompts it covers."""
+    frames, side, ex = _render(tmp_path, "flex.mkv", tiny_adapter, recipe="flex", storyboard=TWO, guidance=1.0)
+    assert frames.shape[0] == 81
+    assert {"sb0", "sb1"} <= ex.conds_seen and "main" not in ex.conds_seen
+    other = {"segments": [TWO["segments"][0], {"prompt": "snow in the forest at night", "frames": 40}]}
+    frames2, _, _ = _render(tmp_path, "flex2.mkv", tiny_adapter, recipe="flex", storyboard=other, guidance=1.0)
+    diff = np.abs(frames.astype(int) - frames2).mean(axis=(1, 2, 3))
+    assert diff[:33].max() == 0 < diff[-20:].mean()  # causal: blocks before the switch are untouched

@@ -155,5 +155,7 @@ register("plan", "diffusion_forcing", forcing_plan, {
                                lambda v: v >= 1),
     "addnoise_condition": Param(NUM, 0, "a number in [0, 1000) (SkyReels recommends 20)", num_range(0, 1000,
                                                                                                   hi_open=True)),
-}, requires=("per_frame_timesteps",), check=_check, resolve=resolve_forcing, chunked=True,
+}, requires=lambda p: {"per_frame_timesteps"} | ({"block_causal_attention"} if p.get("causal_block_size", 1) > 1
+                                                  else set()),
+         check=_check, resolve=resolve_forcing, chunked=True,
          check_video=check_forcing)

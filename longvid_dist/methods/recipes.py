@@ -107,7 +107,8 @@ class Recipe:
         need: set[str] = set()
         for sec in SECTIONS:
             for part in self._parts(sec):
-                need |= registry.get(sec, part.kind).requires
+                req = registry.get(sec, part.kind).requires
+                need |= set(req(part.params) if callable(req) else req)
         return frozenset(need)
 
     def _parts(self, sec: str) -> tuple[Section, ...]:

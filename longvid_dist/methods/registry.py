@@ -84,8 +84,9 @@ class Kind:
     factory: Callable | None
     """Builds the method (calling convention per section: see the module docstring); None for
     a kind that does nothing (``attention: none``, ``rope: none``)."""
-    requires: frozenset[str] = frozenset()
-    """Model capabilities it needs (``attention_patches``, ``temporal_rope``)."""
+    requires: frozenset[str] | Callable[[dict], Any] = frozenset()
+    """Model capabilities it needs (``attention_patches``, ``temporal_rope``), or a function of
+    the section's parameters giving them (a need that depends on a setting)."""
     check: Callable[[Any, Any], str | None] | None = None
     """``check(recipe, section) -> message or None``: a conflict with the rest of the recipe."""
     anchor_windows: bool = False
@@ -137,7 +138,8 @@ def register(section: str, name: str, factory: Callable | None = None, params: d
     """Register kind ``name`` of ``section``; re-registering a name replaces it (module reload)."""
     if section not in _KINDS:
         raise ValueError(f"unknown recipe section {section!r}; use one of {', '.join(SECTIONS)}")
-    k = Kind(section, name, dict(params or {}), factory, frozenset(requires), check, anchor_windows, resolve,
+    k = Kind(section, name, dict(params or {}), factory, requires if callable(requires) else frozenset(requires),
+             check, anchor_windows, resolve,
              tuple(sp_modes), check_video, chunked)
     _KINDS[section][name] = k
     return k

@@ -20,6 +20,8 @@ CAPABILITIES = {
     "temporal_rope": "a temporal rotary embedding whose frequencies and positions can be edited (RIFLEx, FLEX, "
                      "FreeLOC's VRPR)",
     "per_frame_timesteps": "the transformer takes one timestep per latent frame (diffusion forcing, causal rollout)",
+    "block_causal_attention": "attention masked block-causally over latent frames (diffusion forcing with "
+                              "causal_block_size > 1)",
     "joint_text_video_attention": "text and video tokens share self-attention (patches see video tokens only)",
     "context_parallel": "diffusers ships a context-parallel plan (sequence parallelism inside a window)",
 }
@@ -141,7 +143,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         default_size=(544, 960),
         hub_ids=("Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
                  "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
-        capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps"}),
+        capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps",
+                                "block_causal_attention"}),
     ),
     "hunyuan": FamilyInfo(
         name="hunyuan",

@@ -290,6 +290,8 @@ class WanAdapter(ModelAdapter):
         from .kvcache import KVCache
 
         if cache_id not in self.caches:
+            if offset > 0:  # a later block needs the earlier ones' keys/values: this replica lost them
+                raise LookupError(f"KV cache {cache_id} is not on this replica (restarted?); re-write it from frame 0")
             self.caches.clear()  # one rollout at a time per replica
         cache = self.caches.setdefault(cache_id, KVCache(sink, window))
         cache.offset, cache.write = offset, write

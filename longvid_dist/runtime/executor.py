@@ -21,6 +21,11 @@ from ..models.base import LatentSpace
 from .worker import Worker, as_tensor
 
 
+class CacheLost(RuntimeError):
+    """The replica holding a causal rollout's KV cache was restarted: the coordinator re-writes
+    the cache from the finished blocks and repeats the call."""
+
+
 class Executor(ABC):
     """Computes window predictions and decoded frames for the coordinator's loop."""
 
@@ -49,9 +54,10 @@ class Executor(ABC):
         """Decoded frames of the whole latent, in order, as uint8 ``[n, H, W, 3]`` chunks."""
 
     def predict_block(self, block: torch.Tensor, t: float, cache_id: str, offset: int, write: bool,
-                      sink: int, window: int) -> torch.Tensor:
+                      sink: int, window: int, cond: str = "main") -> torch.Tensor:
         """Guided prediction of one causal block against a rolling KV cache held by one replica
-        (causal rollout; families with the Wan architecture)."""
+        (causal rollout; families with the Wan architecture), conditioned on ``cond``; raises
+        :class:`CacheLost` when that replica no longer holds the cache."""
         raise NotImplementedError(f"{type(self).__name__} has no causal rollout")
 
     def report(self) -> dict:
@@ -94,9 +100,9 @@ class LocalExecutor(Executor):
         out, _ = self.worker.predict(self.version, self.conds, self.patches, latent.numpy(), items)
         return [as_tensor(p) for p in out]
 
-    def predict_block(self, block, t, cache_id, offset, write, sink, window):
+    def predict_block(self, block, t, cache_id, offset, write, sink, window, cond="main"):
         p, _ = self.worker.predict_block(self.version, self.conds, self.patches, block.numpy(), t, cache_id, offset,
-                                         write, sink, window)
+                                         write, sink, window, cond)
         return as_tensor(p)
 
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:

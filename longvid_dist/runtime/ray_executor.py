@@ -29,7 +29,7 @@ import torch
 
 from ..config import ParallelConfig, resolve_dtype
 from ..methods.windows import Window
-from .executor import Executor
+from .executor import CacheLost, Executor
 from .worker import Worker, as_tensor
 
 # Ray 2.60 turns token authentication on by default and reads RAY_AUTH_MODE at import time.
@@ -333,11 +333,18 @@ class RayExecutor(Executor):
                              "worker_busy": step_busy})
         return preds
 
-    def predict_block(self, block, t, cache_id, offset, write, sink, window):
+    def predict_block(self, block, t, cache_id, offset, write, sink, window, cond="main"):
         """Causal rollout: every block on the first worker, which holds the KV cache (keys and
-        values only flow forward, so the blocks of one video cannot run side by side)."""
-        args = (self.version, self.cond_ref, self.patches, block.numpy(), t, cache_id, offset, write, sink, window)
-        p, busy = self._run_all([(self.groups[0][0], "predict_block", args)], "predict")[0]
+        values only flow forward, so the blocks of one video cannot run side by side). A
+        restarted worker has lost the cache: :class:`CacheLost` tells the rollout to re-write it."""
+        args = (self.version, self.cond_ref, self.patches, block.numpy(), t, cache_id, offset, write, sink, window,
+                cond)
+        try:
+            p, busy = self._run_all([(self.groups[0][0], "predict_block", args)], "predict")[0]
+        except RayTaskError as e:
+            if isinstance(e.cause, LookupError):
+                raise CacheLost(str(e.cause)) from None
+            raise
         self.busy[self.groups[0][0]] += busy
         return as_tensor(p)
 

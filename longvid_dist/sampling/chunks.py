@@ -26,6 +26,7 @@ import torch
 from ..methods.causal import CausalPlan
 from ..methods.forcing import ForcingPlan, model_timesteps, schedule
 from ..methods.windows import Window
+from ..runtime.executor import CacheLost
 from .loop import LoopResult, StepStats
 from .rng import noise_generator
 from .state import SamplerState
@@ -45,7 +46,7 @@ class ChunkPosition:
 
 def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int, width: int, seed: int,
                     on_segment: Callable[[ChunkPosition], None] | None = None,
-                    resume: ChunkPosition | None = None) -> LoopResult:
+                    resume: ChunkPosition | None = None, conds=None) -> LoopResult:
     """Diffusion forcing over ``plan``'s segments: per segment, fresh noise with the history
     prefix copied in, then every iteration of the per-frame schedule: noise the prefix to
     ``addnoise``, predict the whole segment (block-causal), step the frames the schedule
@@ -76,8 +77,10 @@ def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int,
                 x[:, :p] = x[:, :p] * (1.0 - factor) + torch.randn((1, *x[:, :p].shape), generator=gens["prefix"],
                                                                    dtype=x.dtype)[0] * factor
                 t_model[:p] = plan.addnoise
+            first = (0 if history is None else history.shape[1]) - seg.keep_from  # video frame of row 0
             win = Window(tuple(range(seg.frames)), (1.0,) * seg.frames, timestep=t_model,
-                         causal_block=plan.causal_block)
+                         causal_block=plan.causal_block,
+                         cond="main" if conds is None else conds.cond_for(tuple(range(first, first + seg.frames))))
             t0 = time.perf_counter()
             pred = executor.predict(x, [win])[0]
             t1 = time.perf_counter()
@@ -119,7 +122,7 @@ def run_chunks(planner, executor, spec, progress: bool = True, resumed: dict | N
             return rollout(plan, planner, executor, spec, on_segment, resume)
         if isinstance(plan, ForcingPlan):
             return denoise_forcing(plan, executor.space, executor, spec.steps, spec.height, spec.width, spec.seed,
-                                   on_segment, resume)
+                                   on_segment, resume, planner.conds)
         raise TypeError(f"no chunk driver for {type(plan).__name__}")
     finally:
         if bar:
@@ -146,21 +149,39 @@ def rollout(plan: CausalPlan, planner, executor, spec, on_segment=None, resume: 
     if resume is not None:
         out[:, :resume.history.shape[1]] = resume.history
 
+    segs = plan.segments()
+
+    def cond(s: int, n: int) -> str:  # a storyboard's prompt(s) for the block's frames
+        return planner.conds.cond_for(tuple(range(s, s + n))) if planner.conds is not None else "main"
+
+    def call(x: torch.Tensor, t: float, b: int, s: int, write: bool) -> torch.Tensor:
+        try:
+            return executor.predict_block(x, t, cache_id, s, write, plan.sink_frames, plan.local_window,
+                                          cond(s, x.shape[1]))
+        except CacheLost:  # the replica holding the cache was restarted: re-write it, then again
+            rewrite(b)
+            return executor.predict_block(x, t, cache_id, s, write, plan.sink_frames, plan.local_window,
+                                          cond(s, x.shape[1]))
+
     def write(b: int, s: int, x0: torch.Tensor) -> None:
         eps = torch.randn(x0.shape, generator=planner.rng("context_noise", b))
         xc = (1 - ctx_sigma) * x0 + ctx_sigma * eps
-        executor.predict_block(xc, plan.context_noise, cache_id, s, True, plan.sink_frames, plan.local_window)
+        call(xc, plan.context_noise, b, s, True)
 
-    segs = plan.segments()
-    for seg in segs[:start]:  # a resumed rollout: the cache of the finished blocks, re-written
-        s = seg.index * plan.block_frames
-        write(seg.index, s, out[:, s:s + seg.frames])
+    def rewrite(upto: int) -> None:
+        """The cache of blocks ``0..upto-1`` written again from the finished frames (exact:
+        every write is a pure function of the block and its keyed noise)."""
+        for seg in segs[:upto]:
+            s = seg.index * plan.block_frames
+            write(seg.index, s, out[:, s:s + seg.frames])
+
+    rewrite(start)  # a resumed rollout: the cache of the finished blocks
     for seg in segs[start:]:
         s, b = seg.index * plan.block_frames, seg.index
         x = noise[:, s:s + seg.frames]
         for j, sigma in enumerate(sig):
             t0 = time.perf_counter()
-            v = executor.predict_block(x, sigma * 1000.0, cache_id, s, False, plan.sink_frames, plan.local_window)
+            v = call(x, sigma * 1000.0, b, s, False)
             t1 = time.perf_counter()
             x0 = x - sigma * v
             if j + 1 < len(sig):
