@@ -136,6 +136,22 @@ def _rendezvous(actor) -> tuple[str, int]:
     return ray.util.get_node_ip_address(), port
 
 
+def decode_spans(total: int, workers: int, context: int) -> list[tuple[int, int]]:
+    """``[start, end)`` latent-frame spans, one per worker, whose decode work is equal: the first
+    decodes its span, each later one also re-decodes ``context`` warm-up frames before it, so it
+    gets that many fewer frames (``W = (total + (n-1) context) / n`` each, which falls with every
+    worker added while each later span keeps a frame). A video no longer than the warm-up is one span."""
+    n = max(1, min(workers, total - context if context < total else 1))
+    work = (total + (n - 1) * min(context, total)) / n  # frames each worker decodes, warm-up included
+    ends, s = [], 0
+    for i in range(n):
+        e = total if i == n - 1 else min(total, round(s + work - (context if i else 0)))
+        if e > s:
+            ends.append((s, e))
+        s = e
+    return ends
+
+
 def cluster_gpus() -> int:
     """GPUs of the connected cluster."""
     return int(ray.cluster_resources().get("GPU", 0))
@@ -381,35 +397,27 @@ class RayExecutor(Executor):
         frames of pixels at a time.
 
         Each span after the first is warmed up on the ``R`` latent frames before it (R = the
-        VAE's temporal receptive field), so the frames equal a sequential decode exactly. Spans
-        are at least R long to keep that overhead <= 2x. A worker streams its span
-        (:meth:`Worker.decode_pieces`, a Ray streaming generator): every ``chunk`` latent frames
-        of pixels is an object of its own, and a worker runs at most :data:`DECODE_AHEAD` pieces
-        ahead of the coordinator, so neither a worker nor the coordinator ever holds a whole
-        span of pixels (a long video's share used to come back as one array at the end of a
-        render). A worker lost mid-span is re-run and its pieces already yielded are skipped.
+        VAE's temporal receptive field), so the frames equal a sequential decode exactly; spans
+        are sized by :func:`decode_spans` so every worker's work, warm-up included, is equal.
+        A worker streams its span (:meth:`Worker.decode_pieces`, a Ray streaming generator):
+        every ``chunk`` latent frames of pixels is an object of its own, so all workers decode
+        at once while the coordinator takes the pieces in order; pieces not taken yet wait in
+        the object store (which spills to disk), never as one array in a worker or here. A
+        worker lost mid-span is re-run and its pieces already yielded are skipped.
         """
         lat = latent.numpy()
         total = lat.shape[1]
-        n = len(self.workers)
         ctx = self._run_all([(0, "decode_context", ())], "decode")[0]
-        size = max(chunk, ctx, -(-total // n))
         calls = []
-        for i, s in enumerate(range(0, total, size)):
+        for k, (s, e) in enumerate(decode_spans(total, len(self.workers), ctx)):
             a = max(0, s - ctx)
-            calls.append((i % n, (np.ascontiguousarray(lat[:, a:min(s + size, total)]), s - a, chunk)))
-        streams = [self._stream(k, args) for k, args in calls[: 2 * n]]
-        for i in range(len(calls)):
-            yield from self._pieces(calls[i][0], calls[i][1], streams[i])
-            if len(streams) < len(calls):
-                streams.append(self._stream(*calls[len(streams)]))
-
-    DECODE_AHEAD = 2
-    """Decoded pieces a worker may have produced that the coordinator has not taken yet."""
+            calls.append((k, (np.ascontiguousarray(lat[:, a:e]), s - a, chunk)))
+        streams = [self._stream(k, args) for k, args in calls]
+        for (k, args), stream in zip(calls, streams):
+            yield from self._pieces(k, args, stream)
 
     def _stream(self, k: int, args: tuple):
-        return self.workers[k].decode_pieces.options(
-            num_returns="streaming", _generator_backpressure_num_objects=self.DECODE_AHEAD).remote(*args)
+        return self.workers[k].decode_pieces.options(num_returns="streaming").remote(*args)
 
     def _pieces(self, k: int, args: tuple, stream) -> Iterator[np.ndarray]:
         """The pieces of worker ``k``'s span ``args``, re-streamed from the restarted actor
