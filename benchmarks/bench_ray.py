@@ -599,7 +599,12 @@ def _bench_datapath(a, recipe, native, rx, src):
             gbps = moved / _med(tc) / 1e9
             print(f"median per step: predict {_med(tp):.3f}s + merge {_med(tm):.3f}s = {_med(tp) + _med(tm):.3f}s; "
                   f"memcpy of {_mb(moved)} {_med(tc):.3f}s ({gbps:.1f} GB/s)")
-            print(f"(c) (transfer + merge) / memcpy = {ratio:.2f}x, target <= {TARGET_DATAPATH:.1f}x -> {_verdict(ok)}")
+            print(f"(c) (predict + merge) / memcpy = {ratio:.2f}x, target <= {TARGET_DATAPATH:.1f}x -> {_verdict(ok)}"
+                  f"  (predict includes the no-op actors' own copies: x[:, idx] per window)")
+            coord = _med([m["transfer"] for m in mets]) + _med(tm)
+            ratio_coord = coord / _med(tc)
+            print(f"(c) coordinator side only: (executor transfer + merge) / memcpy = {ratio_coord:.2f}x "
+                  f"({1e3 * coord:.0f} ms; transfer = predict wall - slowest actor busy)")
 
             # Where the time goes: components measured alone on the same plan (no Ray in flight).
             plan = planner.plan(1, float(state.noise_level(1)))
@@ -644,7 +649,9 @@ def _bench_datapath(a, recipe, native, rx, src):
               f"object store, other tenants included); driver peak RSS over the whole run {_mb(ru)}")
     finally:
         ex.close()
-    return [("(c) 1-min latent (transfer+merge)/memcpy", ratio, f"<={TARGET_DATAPATH:.1f}", ok, None)]
+    return [("(c) 1-min latent (predict+merge)/memcpy", ratio, f"<={TARGET_DATAPATH:.1f}", ok, None),
+            ("(c) 1-min latent (transfer+merge)/memcpy, coordinator", ratio_coord, f"<={TARGET_DATAPATH:.1f}",
+             ratio_coord <= TARGET_DATAPATH, None)]
 
 
 if __name__ == "__main__":
