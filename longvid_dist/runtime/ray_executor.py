@@ -43,7 +43,7 @@ try:
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
     from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 except ImportError:  # pragma: no cover - ray is a dependency
     ray = None
 
@@ -404,6 +404,42 @@ class RayExecutor(Executor):
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
             self.owns_ray = False
+
+
+class ActorProcess:
+    """An object of ``cls`` run as a Ray actor of its own process, called synchronously: the
+    batch driver runs each in-flight video's coordinator this way. ``num_cpus`` 0 by default
+    (it waits on its workers most of the time and must not take a worker's CPU); placed on
+    the driver's node (``node="driver"``: the files it writes land where the driver records
+    them) or anywhere (``node=None``). A remote exception is raised here as the original
+    exception; a lost actor as :class:`ClusterError`."""
+
+    def __init__(self, cls, *args, num_cpus: float = 0, node: str | None = "driver", **kwargs):
+        opts: dict = {"num_cpus": num_cpus, "max_restarts": 0}
+        if node == "driver":
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                         soft=False)
+        self.name = cls.__name__
+        self.actor = ray.remote(cls).options(**opts).remote(*args, **kwargs)
+
+    def call(self, method: str, *args, timeout: float | None = None):
+        try:
+            return ray.get(getattr(self.actor, method).remote(*args), timeout=timeout)
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise
+        except RayActorError as e:
+            raise ClusterError(f"{self.name} process died ({type(e).__name__})") from None
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Let the object release what it holds (its executor's workers), then end the process."""
+        try:
+            self.call("close", timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort: it is killed below either way
+            pass
+        ray.kill(self.actor)
 
 
 def connect(address: str | None, quiet: bool = False, num_cpus: int | None = None) -> str | None:
