@@ -21,6 +21,15 @@ which real models dwarf; ``--size 64`` measures that case.
 Order: one untimed warm-up run of each (2 videos), then ``--repeats`` rounds alternating which
 goes first; medians are compared. Target: 2-in-flight / 1-in-flight >= 1.8x.
 
+Driver CPU (``--driver-cpu``): what the batch driver's own process spends per video (user + sys
+CPU seconds over the whole ``run_batch``, its threads included) with 1 vs ``--in-flight`` (32)
+videos in flight on a local Ray of that many logical CPUs. Each in-flight video's coordinator
+runs in a process of its own (``coordinators="process"``), so the driver only schedules and
+records; target: flat. Simulated: ``VideoCoordinator`` is swapped, in this process, for
+``StubCoordinator`` (no model, ``render`` sleeps), because 32 real coordinators + 32 model
+replicas do not fit a small box; real: tiny 16x16 renders of 1 step, 1 vs 2 in flight, with the
+coordinators in processes and, for comparison, in the driver's threads (``coordinators="driver"``).
+
 Ceiling: what two CPU-bound streams gain over one on this machine at all is measured before and
 after the rounds: two processes each running single-threaded torch matmuls vs one. Where the
 vCPUs do not deliver that many cores (a shared VM, other jobs on the box: this project's 2-vCPU
@@ -61,6 +70,8 @@ def _args(argv=None):
     p.add_argument("--recipe", default="glc")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds (default 2)")
     p.add_argument("--quick", action="store_true", help="4 videos, 41 frames, 4 steps, 1 round: a smoke run")
+    p.add_argument("--driver-cpu", action="store_true", help="only the driver CPU per video at 1 vs --in-flight")
+    p.add_argument("--in-flight", type=int, default=32, help="videos in flight for --driver-cpu (default 32)")
     a = p.parse_args(argv)
     if a.quick:
         a.videos, a.frames, a.steps, a.size, a.repeats = 4, 41, 4, 64, 1
@@ -193,9 +204,98 @@ def _run(prompts: str, work: str, in_flight: int, defaults: dict, cpu: _CpuSampl
             "per_video": statistics.mean(per_video), "own": own, "machine": machine}
 
 
+class StubCoordinator:
+    """Stands in for ``batch.coordinator.VideoCoordinator`` in the simulated driver-CPU runs: the
+    same calls, no executor and no model; ``render`` takes ``RENDER_S`` seconds of wall time.
+    Defined in ``__main__`` so Ray ships it by value."""
+
+    RENDER_S = 0.5
+
+    def start(self, spec, parallel):
+        return True
+
+    def render(self, spec, preview=False):
+        time.sleep(self.RENDER_S)
+        return {"out": spec.out, "timings": {"total": self.RENDER_S}}
+
+    def healthy(self, timeout=60.0):
+        return True
+
+    def close(self):
+        return True
+
+
+def _driver_run(prompts: str, work: str, in_flight: int, defaults: dict, coordinators: str) -> dict:
+    import resource
+
+    from longvid_dist.batch import run_batch
+
+    out = tempfile.mkdtemp(prefix=f"d{in_flight}-", dir=work)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    res = run_batch(prompts, out, defaults, workers_per_video=1, max_in_flight=in_flight, progress=False,
+                    coordinators=coordinators)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    shutil.rmtree(out, ignore_errors=True)
+    if res.exit_code != 0:
+        raise RuntimeError(f"{in_flight} in flight: exit {res.exit_code}, error {res.error}, "
+                           f"failures {[(r.label, r.reason) for r in res.failures][:3]}")
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"n": res.rendered, "executors": res.executors, "cpu": cpu, "per_video": cpu / max(res.rendered, 1),
+            "wall": wall}
+
+
+def driver_cpu(a) -> int:
+    """Driver CPU seconds per video at 1 vs ``a.in_flight`` videos in flight (see the module doc)."""
+    import longvid_dist.batch.coordinator as coordinator
+    from longvid_dist.runtime.ray_executor import connect, shutdown
+
+    m = a.in_flight
+    connect(None, quiet=True, num_cpus=m + 1)  # logical CPUs: m one-CPU worker bundles fit
+    work = tempfile.mkdtemp(prefix="bench-driver-")
+    defaults = {"frames": 5, "steps": 1, "recipe": "direct", "height": 16, "width": 16, "checkpoint_every": 0}
+    rows = []
+    try:
+        prompts = os.path.join(work, "p.jsonl")
+        _prompts(prompts, m)
+        real = coordinator.VideoCoordinator
+        coordinator.VideoCoordinator = StubCoordinator
+        try:
+            _driver_run(prompts, work, 2, defaults, "process")  # warm-up: Ray worker processes, imports
+            for k in (1, m):
+                r = _driver_run(prompts, work, k, defaults, "process")
+                rows.append(("simulated", "process", k, r))
+                print(f"  simulated, {k:>2} in flight: {r['n']} videos, {r['executors']} coordinators, driver CPU "
+                      f"{r['cpu']:.2f}s = {1e3 * r['per_video']:.0f} ms/video, wall {r['wall']:.1f}s", flush=True)
+        finally:
+            coordinator.VideoCoordinator = real
+        prompts4 = os.path.join(work, "p4.jsonl")
+        _prompts(prompts4, 4)
+        for mode in ("process", "driver"):
+            for k in (1, 2):
+                r = _driver_run(prompts4, work, k, defaults, mode)
+                rows.append(("real tiny", mode, k, r))
+                print(f"  real tiny 16x16 1 step, coordinators in {mode}, {k} in flight: {r['n']} videos, driver CPU "
+                      f"{r['cpu']:.2f}s = {1e3 * r['per_video']:.0f} ms/video, wall {r['wall']:.1f}s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutdown()
+    sim = {k: r for kind, _, k, r in rows if kind == "simulated"}
+    ratio = sim[m]["per_video"] / sim[1]["per_video"]
+    print(f"\ndriver CPU per video, simulated: 1 in flight {1e3 * sim[1]['per_video']:.0f} ms, {m} in flight "
+          f"{1e3 * sim[m]['per_video']:.0f} ms -> {ratio:.2f}x (target: flat, ~1x or below)")
+    real = {(mode, k): r for kind, mode, k, r in rows if kind == "real tiny"}
+    print("driver CPU per video, real tiny renders: " + ", ".join(
+        f"{mode} {k} in flight {1e3 * r['per_video']:.0f} ms" for (mode, k), r in real.items()))
+    return 0
+
+
 def main(argv=None) -> int:
     a = _args(argv)
     os.environ.setdefault("LONGVID_CACHE", os.path.join(tempfile.gettempdir(), "longvid-test-cache"))
+    if a.driver_cpu:
+        return driver_cpu(a)
     import torch
 
     torch.set_num_threads(1)

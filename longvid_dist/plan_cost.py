@@ -240,7 +240,8 @@ class CostPlan:
     """2 with classifier-free guidance, else 1."""
     forwards_total: int
     bytes_per_step: int
-    """Latent frames sent to the workers and predictions returned, per step (0 in-process)."""
+    """The latent put into the object store once and the predictions returned, per step (0
+    in-process)."""
     worker_memory: dict
     worker_peak: int
     coordinator_peak: int
@@ -347,8 +348,8 @@ def plan(spec: RenderSpec, parallel: ParallelConfig | None = None, device: str |
         shards = _lpt(costs, groups)
         step_secs.append(max(sum(costs[i] for i in sh) for sh in shards) / sp)
         if parallel.distributed:
-            moved = sum(len({f for i in sh for f in wins[i].frames}) for sh in shards) * frame_bytes
-            moved += sum(len(x) for x in wins) * frame_bytes
+            moved = latent_bytes  # put once per step; each node's workers share that copy
+            moved += sum(len(x) for x in wins) * frame_bytes  # predictions returned
             step_bytes.append(moved)
         else:
             step_bytes.append(0)

@@ -37,6 +37,7 @@ def run_cases(adapter) -> dict[str, torch.Tensor]:
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(*GRID, generator=g), torch.randn(*GRID, generator=g)
+    x, y = x.to(adapter.device), y.to(adapter.device)  # drawn on the CPU: the same values everywhere
     cond = adapter.encode_prompt("a red car", "blurry", 5.0)
     t = torch.tensor(700)
     out = {}
@@ -53,7 +54,7 @@ def run_cases(adapter) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str) -> None:
+def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str, backend: str = "gloo") -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -61,19 +62,24 @@ def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str) 
     from longvid_dist.models.tiny import tiny_model_path
     from longvid_dist.models.wan import WanAdapter
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    device = "cpu"
+    if backend == "nccl":  # one GPU per rank
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        adapter = WanAdapter.load(str(tiny_model_path("tiny-wan")))
+        adapter = WanAdapter.load(str(tiny_model_path("tiny-wan")), device=device)
         adapter.enable_sequence_parallel(build_groups(rank, world, ulysses, ring))
         out = run_cases(adapter)
         if rank == 0:
-            torch.save(out, path)
+            torch.save({k: v.cpu() for k, v in out.items()}, path)
     finally:
         dist.destroy_process_group()
 
 
-def split_forward(ulysses: int, ring: int, path: str) -> dict[str, torch.Tensor]:
-    """Run every case in ``ulysses * ring`` processes; rank 0's outputs."""
+def split_forward(ulysses: int, ring: int, path: str, backend: str = "gloo") -> dict[str, torch.Tensor]:
+    """Run every case in ``ulysses * ring`` processes (``backend`` nccl: one GPU each); rank 0's
+    outputs, on the CPU."""
     import socket
 
     import torch.multiprocessing as mp
@@ -82,5 +88,5 @@ def split_forward(ulysses: int, ring: int, path: str) -> dict[str, torch.Tensor]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_rank, args=(ulysses * ring, ulysses, ring, port, path), nprocs=ulysses * ring)
+    mp.spawn(_rank, args=(ulysses * ring, ulysses, ring, port, path, backend), nprocs=ulysses * ring)
     return torch.load(path)

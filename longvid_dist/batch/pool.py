@@ -2,6 +2,12 @@
 cluster hosts (capped by ``max_in_flight`` and the videos to render), each driven by one thread
 that takes rows from a shared queue and renders them on it, recording each in the manifest.
 
+Each executor lives in a video coordinator process of its own (``coordinators="process"``, the
+default: :class:`~longvid_dist.batch.coordinator.VideoCoordinator` as a Ray actor), so the
+driver's threads only hand out rows and record outcomes while the per-step merges and
+transfers of every video in flight run in parallel processes; ``coordinators="driver"`` runs
+them in the driver's threads (one interpreter), as before.
+
 Ray stays behind :mod:`longvid_dist.runtime.ray_executor`'s functions (``connect``,
 ``capacity``, ``shutdown``) and the executors :func:`longvid_dist.api.make_executor` builds."""
 
@@ -22,13 +28,14 @@ from .results import BatchResult, RowResult
 
 
 def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, prog: BatchProgress,
-               parallel: ParallelConfig, max_in_flight: int | None, preview: bool = False) -> None:
+               parallel: ParallelConfig, max_in_flight: int | None, preview: bool = False,
+               coordinators: str = "process") -> None:
     """Render ``todo`` on a pool of executors of ``parallel``'s layout each; outcomes go to the
     rows, ``result`` and the manifest.
 
     Joins ``parallel.address`` (else ``RAY_ADDRESS``, else starts a private local Ray) unless Ray
     is already connected in this process; only a connection made here is shut down at the end."""
-    from ..api import check_layout, make_executor, model_source
+    from ..api import check_layout, model_source
     from ..runtime.ray_executor import ClusterError, capacity, connect, shutdown
 
     owns_ray = False
@@ -56,7 +63,7 @@ def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, p
         def lane():
             """Create one executor, then feed it from the queue (it starts as soon as it is placed)."""
             try:
-                ex = make_executor(spec0, parallel)
+                ex = (_Remote if coordinators == "process" else _InDriver)(spec0, parallel)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
                 return
@@ -107,6 +114,54 @@ def render_all(todo: list[RowResult], result: BatchResult, manifest: Manifest, p
             shutdown()
 
 
+class _InDriver:
+    """A lane's executor, its renders run by the driver's thread."""
+
+    def __init__(self, spec, parallel: ParallelConfig):
+        from ..api import make_executor
+
+        self.ex = make_executor(spec, parallel)
+
+    def render(self, spec, preview: bool) -> dict:
+        from ..api import render
+
+        res = render(spec, executor=self.ex, progress=False, preview=preview)
+        return {"out": res.out, "timings": res.timings}
+
+    def healthy(self, timeout: float) -> bool:
+        return self.ex.healthy(timeout=timeout)
+
+    def close(self) -> None:
+        self.ex.close()
+
+
+class _Remote:
+    """A lane's video coordinator in a process of its own (a Ray actor owning the executor)."""
+
+    def __init__(self, spec, parallel: ParallelConfig):
+        from ..runtime.ray_executor import ActorProcess
+        from .coordinator import VideoCoordinator
+
+        self.proc = ActorProcess(VideoCoordinator)
+        try:
+            self.proc.call("start", spec, parallel)
+        except BaseException:
+            self.proc.close(timeout=10)
+            raise
+
+    def render(self, spec, preview: bool) -> dict:
+        return self.proc.call("render", spec, preview)
+
+    def healthy(self, timeout: float) -> bool:
+        try:
+            return bool(self.proc.call("healthy", timeout, timeout=timeout + 30))
+        except Exception:  # noqa: BLE001 - any failure means not usable
+            return False
+
+    def close(self) -> None:
+        self.proc.close()
+
+
 def _join(t: threading.Thread) -> None:
     while t.is_alive():  # short timeouts keep Ctrl-C responsive
         t.join(0.2)
@@ -115,7 +170,6 @@ def _join(t: threading.Thread) -> None:
 def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop: threading.Event,
            preview: bool = False) -> None:
     """One executor's driver thread: render queued rows until the queue is empty."""
-    from ..api import render
     from ..runtime.checkpoint import CheckpointError, checkpoint_path
 
     while not stop.is_set():
@@ -129,13 +183,13 @@ def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop:
                          "resume": r.spec.resume, "prompt": r.spec.prompt, "recipe": r.spec.recipe})
         try:
             try:
-                res = render(r.spec, executor=ex, progress=False, preview=preview)
+                res = ex.render(r.spec, preview)
             except CheckpointError as e:  # a checkpoint of other settings (the row was edited)
                 prog.log(f"{r.id!r}: {e}; rendering from the start")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(checkpoint_path(r.out))
                 r.spec = replace(r.spec, resume=False)
-                res = render(r.spec, executor=ex, progress=False, preview=preview)
+                res = ex.render(r.spec, preview)
         except Exception as e:  # noqa: BLE001 - recorded; the batch goes on
             if stop.is_set():  # interrupted: stays "running", resumes next time
                 return
@@ -149,6 +203,6 @@ def _drive(ex, jobs: queue.Queue, manifest: Manifest, prog: BatchProgress, stop:
         side = finished(r.spec) or {}
         r.state, r.rendered = "done", True
         r.resumed_from_step = side.get("resumed_from_step")
-        manifest.append({"id": r.id, "state": "done", "line": r.line, "out": os.path.basename(res.out),
-                         "timings": res.timings, "resumed_from_step": r.resumed_from_step})
+        manifest.append({"id": r.id, "state": "done", "line": r.line, "out": os.path.basename(res["out"]),
+                         "timings": res["timings"], "resumed_from_step": r.resumed_from_step})
         prog.finished(r)

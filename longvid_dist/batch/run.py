@@ -25,7 +25,8 @@ def _positive(value, flag: str) -> None:
 def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, workers_per_video: int = 1,
               address: str | None = None, max_in_flight: int | None = None,
               progress: bool = True, ulysses_degree: int = 1, ring_degree: int = 1,
-              sp_backend: str = "native", preview: bool = False, gallery: bool = False) -> BatchResult:
+              sp_backend: str = "native", preview: bool = False, gallery: bool = False,
+              coordinators: str = "process") -> BatchResult:
     """Render every row of ``prompts_path`` into ``out_dir``; see :mod:`longvid_dist.batch`.
 
     ``defaults``: render settings for rows that do not give them (keys:
@@ -36,7 +37,9 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     ``ulysses_degree``/``ring_degree``/``sp_backend``: each video's sequence-parallel layout
     (:class:`~longvid_dist.config.ParallelConfig`; ``workers_per_video`` is its ``workers``).
     ``preview``: a contact sheet per video; ``gallery``: previews and ``DIR/index.html``, rewritten
-    on every manifest line. Rows whose memory estimate does not fit a worker's device are failed
+    on every manifest line. ``coordinators``: ``process`` (default) runs each in-flight video's
+    coordinator loop in a process of its own (a Ray actor), so this process only schedules and
+    records; ``driver`` runs them in this process's threads. Rows whose memory estimate does not fit a worker's device are failed
     with the estimate as their reason, before any Ray start.
 
     Raises :class:`BatchInputError` / :class:`SpecError` on bad input, before any Ray start.
@@ -77,7 +80,8 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
                 for w in r.warnings:
                     prog.log(f"{r.id!r}: warning: {w}")
             if todo:
-                render_all(todo, result, manifest, prog, parallel, max_in_flight, preview=preview or gallery)
+                render_all(todo, result, manifest, prog, parallel, max_in_flight, preview=preview or gallery,
+                           coordinators=coordinators)
         finally:
             prog.close()
     finally:

@@ -79,6 +79,13 @@ def glc_plan(params, num_frames, window, stride, anchored, rng):
     (or spectrally at the coordinator with ``fusion: freespec``)."""
     F, L, S, p = num_frames, window, stride, params
     paths = p["paths"]
+    work: dict = {}  # the global path's merge buffer, reused every step (fused into the local one)
+
+    def global_merge(preds, glob):
+        merged = wls_merge(preds, glob, F, out=work.get("global"))
+        if all(merged.data_ptr() != q.data_ptr() for q in preds):  # not a prediction passed through
+            work["global"] = merged
+        return merged
 
     def step_plan(step: int, t: float) -> StepPlan:
         glob = dilated_windows(F, L) if paths in ("both", "global") else []
@@ -97,9 +104,9 @@ def glc_plan(params, num_frames, window, stride, anchored, rng):
             from .spectral import freespec_fuse_paths
 
             return StepPlan(glob + loc, lambda preds: freespec_fuse_paths(
-                wls_merge(preds[:n], glob, F), wls_merge(preds[n:], loc, F), tau=p["tau"]))
+                global_merge(preds[:n], glob), wls_merge(preds[n:], loc, F), tau=p["tau"]))
         gamma = glc_gamma(t, p["gamma0"], p["beta"])
-        return StepPlan(glob + loc, lambda preds: fuse_paths(wls_merge(preds[:n], glob, F),
+        return StepPlan(glob + loc, lambda preds: fuse_paths(global_merge(preds[:n], glob),
                                                              wls_merge(preds[n:], loc, F), gamma))
 
     return step_plan

@@ -4,8 +4,9 @@ Every actor is a :class:`~longvid_dist.runtime.worker.Worker` (the class ``Local
 runs in-process) owning one GPU (``num_gpus=1``) or, on a CPU-only cluster,
 ``cpus_per_worker`` CPUs (torch's thread count is set to match); it loads its replica lazily
 with the same adapter code as local runs. Per step the coordinator balances windows over the
-worker groups by cost, sends each only the latent frames its windows read (numpy, DESIGN
-decision 7), and gets numpy predictions back; merging stays in the loop. Conditioning
+worker groups by cost, puts the latent into the object store once (each node's workers map that
+one copy zero-copy and slice the frames their windows read; numpy, DESIGN decision 7), and gets
+numpy predictions back that the loop's merge reads in place. Conditioning
 embeddings are encoded once per render and passed by object reference.
 
 Every phase survives a worker loss (DESIGN decision 4): model load, prompt encoding, predict
@@ -42,7 +43,7 @@ try:
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
     from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 except ImportError:  # pragma: no cover - ray is a dependency
     ray = None
 
@@ -312,10 +313,16 @@ class RayExecutor(Executor):
         self.patches = patches  # sent with every call, so a restarted actor gets them too
 
     def predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+        """Each group's windows on its head worker. The latent goes into the object store once
+        per step (``ray.put``): workers on a node map that one copy read-only, zero-copy, and
+        each slices the frames its windows read; a node without it pulls it once for all its
+        workers. Items carry frame indices into the whole latent. Predictions come back as numpy
+        arrays that the merge reads in place (zero-copy views of the returned objects)."""
         t0 = time.perf_counter()
         lat = latent.numpy()
+        lat_ref = ray.put(lat)  # one shared copy per step (per node), not one slice per worker
         by_frames = {w.frames: w for w in windows if w.role == "anchor"}
-        calls, moved = [], 0
+        calls, moved = [], lat.nbytes
         for g, idxs in enumerate(shard(windows, len(self.groups))):
             if not idxs:
                 continue
@@ -326,22 +333,18 @@ class RayExecutor(Executor):
             have = {w.frames for w in wins if w.role == "anchor"}
             extra = [by_frames[a] for a in dict.fromkeys(w.anchor for w in wins if w.role == "follow")
                      if a not in have]
-            todo = [(w, False) for w in extra] + [(w, True) for w in wins]
-            need = sorted({f for w, _ in todo for f in w.frames})
-            pos = {f: j for j, f in enumerate(need)}
-            items = [([pos[f] for f in w.frames], w, keep) for w, keep in todo]
-            frames = np.ascontiguousarray(lat[:, need])  # [C, n, h, w]: only what this worker reads
-            moved += frames.nbytes
-            calls.append((idxs, (k, "predict", (self.version, self.cond_ref, self.patches, frames, items,
+            items = [(list(w.frames), w, keep) for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
+            calls.append((idxs, (k, "predict", (self.version, self.cond_ref, self.patches, lat_ref, items,
                                                 self.epoch))))
         results = self._run_predict([c for _, c in calls])
+        del lat_ref  # the step's copy is freed once no worker holds it
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
         for (idxs, (k, _, _)), (out, busy) in zip(calls, results):
             self.busy[k] += busy
             step_busy[k] += busy
             for i, p in zip(idxs, out):
-                preds[i] = as_tensor(p)  # read only by the merge
+                preds[i] = as_tensor(p)  # a view of the returned object, read only by the merge
                 moved += p.nbytes
         wall = time.perf_counter() - t0
         # transfer = what the slowest worker's compute does not explain (serialization, network)
@@ -461,6 +464,42 @@ class RayExecutor(Executor):
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
             self.owns_ray = False
+
+
+class ActorProcess:
+    """An object of ``cls`` run as a Ray actor of its own process, called synchronously: the
+    batch driver runs each in-flight video's coordinator this way. ``num_cpus`` 0 by default
+    (it waits on its workers most of the time and must not take a worker's CPU); placed on
+    the driver's node (``node="driver"``: the files it writes land where the driver records
+    them) or anywhere (``node=None``). A remote exception is raised here as the original
+    exception; a lost actor as :class:`ClusterError`."""
+
+    def __init__(self, cls, *args, num_cpus: float = 0, node: str | None = "driver", **kwargs):
+        opts: dict = {"num_cpus": num_cpus, "max_restarts": 0}
+        if node == "driver":
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                         soft=False)
+        self.name = cls.__name__
+        self.actor = ray.remote(cls).options(**opts).remote(*args, **kwargs)
+
+    def call(self, method: str, *args, timeout: float | None = None):
+        try:
+            return ray.get(getattr(self.actor, method).remote(*args), timeout=timeout)
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise
+        except RayActorError as e:
+            raise ClusterError(f"{self.name} process died ({type(e).__name__})") from None
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Let the object release what it holds (its executor's workers), then end the process."""
+        try:
+            self.call("close", timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort: it is killed below either way
+            pass
+        ray.kill(self.actor)
 
 
 def connect(address: str | None, quiet: bool = False, num_cpus: int | None = None) -> str | None:

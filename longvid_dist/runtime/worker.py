@@ -177,8 +177,9 @@ class Worker:
     def predict(self, version: str, conds: dict[str, dict], patches: dict | None, frames: np.ndarray,
                 items: list[tuple[list[int], Window, bool]], epoch: int | None = None,
                 reply: bool = True) -> tuple[list[np.ndarray], float]:
-        """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the latent frames this
-        worker needs). ``items``: per window ``(indices into frames, window, keep)``, anchors
+        """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the whole latent, read
+        only: under Ray one object-store copy per step shared by the node's workers, zero-copy).
+        ``items``: per window ``(indices into frames, window, keep)``, anchors
         before their followers; returns the kept predictions ``[C, len(window), h, w]`` and the
         busy seconds. Each window's noise level is its ``timestep``.
 
