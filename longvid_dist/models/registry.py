@@ -20,8 +20,10 @@ CAPABILITIES = {
     "temporal_rope": "a temporal rotary embedding whose frequencies and positions can be edited (RIFLEx, FLEX, "
                      "FreeLOC's VRPR)",
     "per_frame_timesteps": "the transformer takes one timestep per latent frame (diffusion forcing, causal rollout)",
-    "joint_text_video_attention": "text and video tokens share self-attention (patches see video tokens only)",
-    "context_parallel": "diffusers ships a context-parallel plan (sequence parallelism inside a window)",
+    "joint_text_video_attention": "text and video tokens share self-attention (patches see video tokens only; "
+                                  "the text share of each video query's attention stays stock)",
+    "context_parallel": "a context-parallel plan (diffusers' or the adapter's) splits a window's tokens over a "
+                        "sequence-parallel group (--ulysses-degree / --ring-degree)",
 }
 """What a family can do for a method; a recipe needing one its family lacks is refused at validation."""
 
@@ -115,7 +117,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=49,
         default_size=(480, 720),
         hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b"),
-        capabilities=frozenset({"joint_text_video_attention"}),
+        capabilities=frozenset({"joint_text_video_attention", "attention_patches", "temporal_rope",
+                                "context_parallel"}),
     ),
     "ltx": FamilyInfo(
         name="ltx",
@@ -127,7 +130,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=121,
         default_size=(512, 704),
         hub_ids=("Lightricks/LTX-Video",),
-        capabilities=frozenset({"attention_patches", "per_frame_timesteps"}),
+        capabilities=frozenset({"attention_patches", "per_frame_timesteps", "context_parallel"}),
     ),
     "hunyuan": FamilyInfo(
         name="hunyuan",
@@ -140,7 +143,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=129,
         default_size=(720, 1280),
         hub_ids=("hunyuanvideo-community/HunyuanVideo",),
-        capabilities=frozenset({"joint_text_video_attention"}),
+        capabilities=frozenset({"joint_text_video_attention", "attention_patches", "temporal_rope",
+                                "context_parallel"}),
     ),
 }
 
