@@ -1,5 +1,7 @@
-"""Sequence-parallel forwards of the tiny Wan transformer in ``ulysses * ring`` gloo processes
-(spawned, no Ray), for tests/test_sequence_parallel.py: every case's output on rank 0."""
+"""Sequence-parallel forwards of a tiny model's transformer in ``ulysses * ring`` gloo (or NCCL) processes
+(spawned, no Ray), for tests/test_sequence_parallel.py: every case's output on rank 0. Tiny Wan
+by default; LTX, CogVideoX and HunyuanVideo (joint text-video attention: video tokens split,
+text replicated) on their own grids."""
 
 from __future__ import annotations
 
@@ -7,18 +9,36 @@ import os
 
 import torch
 
+PROFILE = os.path.join(os.path.dirname(__file__), "..", "longvid_dist", "profiles", "tiny-wan.json")
+"""tiny-wan's FreeLOC profile (every tiny model has 2 layers; no profile ships for the others)."""
 GRID = (16, 7, 6, 10)  # [C, F, h, w]: 7 x 3 x 5 = 105 tokens, divisible by neither 2 nor 4
+GRIDS = {  # per tiny model: 5 x 3 x 5 = 75 video tokens, divisible by neither 2 nor 4
+    "tiny-wan": GRID,
+    "tiny-ltx": (8, 5, 3, 5),  # patch 1x1x1
+    "tiny-cogvideox": (4, 5, 6, 10),  # patch 2x2
+    "tiny-hunyuan": (4, 5, 6, 10),  # patch 1x2x2
+}
 CASES = {
     "plain": [],
     "abam": [{"kind": "abam", "lam": 0.3}],
     "freelong": [{"kind": "freelong", "band": 2}],
     "freespec": [{"kind": "freespec", "band": 2, "k": 3}],
-    "freeloc": [{"kind": "freeloc", "W1": 2, "W2": 4, "D1": 1, "D2": 3}],
-    "composite": [{"kind": "abam", "layers": [0]}, {"kind": "freeloc", "layers": [1], "W1": 2, "W2": 4}],
+    "freeloc": [{"kind": "freeloc", "W1": 2, "W2": 4, "D1": 1, "D2": 3, "profile": PROFILE}],
+    "composite": [{"kind": "abam", "layers": [0]},
+                  {"kind": "freeloc", "layers": [1], "W1": 2, "W2": 4, "profile": PROFILE}],
 }
 
 
-def patches(case: str) -> dict | None:
+def load(model: str):
+    """The tiny ``model`` through its family's adapter."""
+    from longvid_dist.models.registry import adapter_class, resolve_model
+    from longvid_dist.models.tiny import tiny_model_path
+
+    path = str(tiny_model_path(model))
+    return adapter_class(resolve_model(path).family).load(path)
+
+
+def patches(case: str, frames: int = GRID[1]) -> dict | None:
     """Plain-data patches of a case, resolved as a render resolves them."""
     from longvid_dist.methods.recipes import recipe_from_dict
     from longvid_dist.sampling.planner import Planner
@@ -28,21 +48,21 @@ def patches(case: str) -> dict | None:
     plan = "direct" if case not in ("abam", "composite") else {"kind": "sliding", "window": 4, "stride": 2}
     attention = CASES[case] if len(CASES[case]) > 1 else CASES[case][0]
     r = recipe_from_dict({"name": case, "plan": plan, "attention": attention})
-    return Planner(r, GRID[1], 21, lambda p, s: torch.Generator()).patches()
+    return Planner(r, frames, 21, lambda p, s: torch.Generator()).patches()
 
 
-def run_cases(adapter) -> dict[str, torch.Tensor]:
+def run_cases(adapter, model: str = "tiny-wan") -> dict[str, torch.Tensor]:
     """Every case's guided prediction (for ABAM: the follower's, after its anchor)."""
     from longvid_dist.methods.registry import build_patches
 
+    grid = GRIDS[model]
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(*GRID, generator=g), torch.randn(*GRID, generator=g)
-    x, y = x.to(adapter.device), y.to(adapter.device)  # drawn on the CPU: the same values everywhere
+    x, y = torch.randn(*grid, generator=g), torch.randn(*grid, generator=g)
     cond = adapter.encode_prompt("a red car", "blurry", 5.0)
     t = torch.tensor(700)
     out = {}
     for case in CASES:
-        p = patches(case)
+        p = patches(case, grid[1])
         adapter.install(*build_patches(p, adapter.model_info()), key=repr(p))
         adapter.begin_step()
         if case in ("abam", "composite"):
@@ -54,32 +74,27 @@ def run_cases(adapter) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str, backend: str = "gloo") -> None:
+def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str, model: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     from longvid_dist.models.parallel import build_groups
-    from longvid_dist.models.tiny import tiny_model_path
-    from longvid_dist.models.wan import WanAdapter
 
-    device = "cpu"
-    if backend == "nccl":  # one GPU per rank
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        adapter = WanAdapter.load(str(tiny_model_path("tiny-wan")), device=device)
+        adapter = load(model)
         adapter.enable_sequence_parallel(build_groups(rank, world, ulysses, ring))
-        out = run_cases(adapter)
+        out = run_cases(adapter, model)
         if rank == 0:
-            torch.save({k: v.cpu() for k, v in out.items()}, path)
+            torch.save(out, path)
     finally:
         dist.destroy_process_group()
 
 
-def split_forward(ulysses: int, ring: int, path: str, backend: str = "gloo") -> dict[str, torch.Tensor]:
-    """Run every case in ``ulysses * ring`` processes (``backend`` nccl: one GPU each); rank 0's
-    outputs, on the CPU."""
+def split_forward(ulysses: int, ring: int, path: str, model: str = "tiny-wan",
+                  backend: str = "gloo") -> dict[str, torch.Tensor]:
+    """Run every case on ``model`` in ``ulysses * ring`` processes (``backend`` nccl: one GPU
+    each); rank 0's outputs, on the CPU."""
     import socket
 
     import torch.multiprocessing as mp
@@ -88,5 +103,5 @@ def split_forward(ulysses: int, ring: int, path: str, backend: str = "gloo") -> 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_rank, args=(ulysses * ring, ulysses, ring, port, path, backend), nprocs=ulysses * ring)
-    return torch.load(path)
+    mp.spawn(_rank, args=(ulysses * ring, ulysses, ring, port, path, model, backend), nprocs=ulysses * ring)
+    return torch.load(path, map_location="cpu")

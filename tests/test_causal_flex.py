@@ -120,7 +120,7 @@ def test_sink_is_visible_to_every_query():
 
 @pytest.mark.parametrize("recipe, model, key", [
     ("plan: {kind: causal, block_frames: 4, local_window: 2}", "tiny-wan", "plan.local_window"),
-    ("plan: {kind: direct}\nrope: {kind: flex}", "tiny-cogvideox", "temporal_rope"),
+    ("plan: {kind: direct}\nrope: {kind: flex}", "tiny-ltx", "temporal_rope"),
 ])
 def test_bad_inputs_are_refused(tmp_path, recipe, model, key):
     path = tmp_path / "r.yaml"

@@ -174,6 +174,80 @@ def test_ltx_attention_patch_and_rope_hooks(family_adapter):
     assert torch.allclose(adapter.predict(x, torch.full((3,), 500.0), cond), ref, atol=1e-5)
 
 
+class _Sub(AttentionPatch):
+    """Plain attention through the generic (non-stock) path of a patch."""
+
+    def attend(self, q, k, v, ctx):
+        return super().attend(q, k, v, ctx)
+
+
+class _Raw(AttentionPatch):
+    """Plain attention on unrotated q/k, rotated by the model's RoPE at frames 0..F-1."""
+    raw_qk = True
+
+    def attend(self, q, k, v, ctx):
+        pos = torch.arange(ctx.grid[0])
+        return super().attend(ctx.rotate(q, pos), ctx.rotate(k, pos), v, ctx)
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-hunyuan"])
+def test_joint_attention_patch_and_rope_hooks(family_adapter, name):
+    """Patches on the video tokens of a joint text-video attention: the plain patch through the
+    hook is stock bit for bit, a plain patch through the LSE split (text share stock) and the
+    model's RoPE through ctx.rotate equal stock within float rounding; a temporal RoPE edit that
+    keeps every frequency is stock, one that changes them moves the output."""
+    adapter = family_adapter(name)
+    c, f, h, w = adapter.space.latent_shape(17, 32, 32)
+    x = torch.randn(c, f, h, w, generator=torch.Generator().manual_seed(0))
+    cond = adapter.encode_prompt(PROMPT, NEGATIVE, 5.0)
+    t = torch.tensor(500)
+    ref = adapter.predict(x, t, cond)
+    seen = []
+
+    class Probe(AttentionPatch):
+        def attend(self, q, k, v, ctx):
+            seen.append((q.shape[1], ctx.grid, ctx.layer))
+            return super().attend(q, k, v, ctx)
+
+    try:
+        adapter.install(AttentionPatch(), key="plain")
+        assert torch.equal(adapter.predict(x, t, cond), ref)
+        for patch in (_Sub(), _Raw()):
+            adapter.install(patch, key=type(patch).__name__)
+            assert (adapter.predict(x, t, cond) - ref).abs().max() < 1e-5
+        adapter.install(Probe(), key="probe")
+        adapter.predict(x, t, cond)
+        g = adapter.ctx.grid
+        assert [s for s, _, _ in seen] == [g[0] * g[1] * g[2]] * adapter.num_layers  # video tokens only
+        assert [layer for _, _, layer in seen] == list(range(adapter.num_layers))
+        adapter.install(None, lambda th: th, key="same-rope")
+        assert torch.equal(adapter.predict(x, t, cond), ref)
+        adapter.install(None, lambda th: th * 0.5, key="half-rope")
+        assert (adapter.predict(x, t, cond) - ref).abs().max() > 1e-3
+    finally:
+        adapter.install(None)
+    assert torch.equal(adapter.predict(x, t, cond), ref)
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-hunyuan"])
+@pytest.mark.parametrize("recipe", ["glc", "freelong", "freespec-attn", "freeloc", "riflex"])
+def test_patch_recipes_render_on_joint_attention_families(tmp_path, family_adapter, family_path, name, recipe):
+    path = recipe
+    if recipe == "freeloc":  # no profile ships for these tiny architectures: tiny-wan's (2 layers as well)
+        from longvid_dist.methods.freeloc import PROFILE_DIR
+
+        path = tmp_path / "freeloc.yaml"
+        path.write_text(f"plan: {{kind: direct}}\nattention: {{kind: freeloc, D1: 8, D2: 24, "
+                        f"profile: {PROFILE_DIR / 'tiny-wan.json'}}}\n")
+    out = tmp_path / "x.mkv"
+    spec = RenderSpec(prompt=PROMPT, negative_prompt=NEGATIVE, model=family_path(name), frames=41, height=32,
+                      width=32, steps=2, guidance=5.0, recipe=str(path), seed=SEED, out=str(out), decode_chunk=2,
+                      checkpoint_every=0)
+    result = longvid_dist.render(spec, executor=LocalExecutor(family_adapter(name)), progress=False)
+    assert result.frames == 41
+    assert np.isfinite(read_frames(str(out)).astype(float)).all()
+
+
 @pytest.mark.parametrize("name,frames,recipe", [
     ("tiny-cogvideox", 25, "sliding"), ("tiny-ltx", 41, "sliding"), ("tiny-hunyuan", 25, "sliding"),
     ("tiny-wan22", 25, "sliding"), ("tiny-wan22-ti2v", 25, "sliding"), ("tiny-ltx", 41, "glc"),
@@ -210,10 +284,8 @@ def test_frame_and_size_rules(model, field, kw, needle):
 
 
 @pytest.mark.parametrize("model,recipe,missing", [
-    ("tiny-cogvideox", "glc", "attention_patches"),
-    ("tiny-hunyuan", "freelong", "attention_patches"),
-    ("tiny-hunyuan", "riflex", "temporal_rope"),
     ("tiny-ltx", "riflex", "temporal_rope"),
+    ("tiny-ltx", "freeloc", "temporal_rope"),
 ])
 def test_recipe_refused_naming_the_missing_capability(model, recipe, missing):
     with pytest.raises(SpecError, match=missing) as e:
@@ -242,9 +314,13 @@ def test_models_prints_the_support_matrix(capsys):
     out = capsys.readouterr().out
     lines = out[out.index("Support matrix"):].splitlines()
     header = lines[1].split()
-    assert header == ["wan", "wan22", "wan22-ti2v", "cogvideox", "ltx", "hunyuan"]
+    assert header == ["wan", "wan22", "wan22-ti2v", "cogvideox", "ltx", "skyreels-df", "hunyuan"]
     rows = {line.split()[0]: line for line in lines[2:] if line.strip() and not line.startswith("Capabilities")}
-    assert rows["direct"].split()[1:] == ["ok"] * 6
-    assert "no: attention_patches" in rows["glc"] and "no: temporal_rope" in rows["riflex"]
+    assert rows["direct"].split()[1:] == ["ok"] * 7
+    assert rows["glc"].split()[1:] == ["ok"] * 7  # joint-attention families take patches on their video tokens
+    assert rows["riflex"].split()[1:] == ["ok", "ok", "ok", "ok", "no:", "temporal_rope", "ok", "ok"]
+    assert rows["flex"].split()[1:] == ["ok", "ok", "ok", "no:", "kv_cache_rollout+per_frame_timesteps",
+                                        "no:", "kv_cache_rollout+temporal_rope", "ok",
+                                        "no:", "kv_cache_rollout+per_frame_timesteps"]
     for name in ("tiny-cogvideox", "tiny-ltx", "tiny-hunyuan", "tiny-wan22"):
         assert name in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .sp_oracle import CASES, run_cases, split_forward
+from .sp_oracle import CASES, load, run_cases, split_forward
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,44 @@ def test_split_forward_equals_single_process(tmp_path, reference, ulysses, ring)
         assert err <= 1e-6, (case, err)
     # the cases really differ from plain attention (each patch is exercised)
     assert all((reference[c] - reference["plain"]).abs().max() > 1e-4 for c in CASES if c != "plain")
+
+
+@pytest.mark.parametrize("model,ulysses,ring", [
+    ("tiny-ltx", 2, 1), ("tiny-ltx", 1, 2),
+    ("tiny-cogvideox", 2, 1), ("tiny-cogvideox", 1, 2),
+    ("tiny-hunyuan", 2, 1), ("tiny-hunyuan", 1, 2), ("tiny-hunyuan", 2, 2),
+], ids=lambda v: str(v))
+def test_family_split_forward_equals_single_process(tmp_path, model, ulysses, ring):
+    """LTX (diffusers' plan, text kept whole), CogVideoX and HunyuanVideo (the adapters' plans;
+    joint text-video attention with the video tokens split and the text replicated): plain
+    attention and every patch, split over the group, equal the unsplit forward."""
+    reference = run_cases(load(model), model)
+    got = split_forward(ulysses, ring, str(tmp_path / "out.pt"), model)
+    assert sorted(got) == sorted(CASES)
+    for case, ref in reference.items():
+        err = (got[case] - ref).abs().max().item()
+        assert err <= 1e-6, (case, err)
+    assert all((reference[c] - reference["plain"]).abs().max() > 1e-4 for c in CASES if c != "plain")
+
+
+def test_a_family_without_context_parallel_is_refused_naming_it(tmp_path):
+    import dataclasses
+
+    from longvid_dist import SpecError
+    from longvid_dist.models.registry import FAMILIES, adapter_class
+    from longvid_dist.models.tiny import tiny_model_path
+    from longvid_dist.runtime.ray_executor import check_sequence_parallel
+
+    fam = FAMILIES["cogvideox"]
+    cls, source = adapter_class(fam), str(tiny_model_path("tiny-cogvideox"))
+    check_sequence_parallel(fam, cls, source, ParallelConfig(workers=2, ulysses_degree=2))  # declared: passes
+    bare = dataclasses.replace(fam, capabilities=fam.capabilities - {"context_parallel"})
+    with pytest.raises(SpecError) as e:
+        check_sequence_parallel(bare, cls, source, ParallelConfig(workers=2, ring_degree=2))
+    assert e.value.field == "ring_degree" and "context_parallel" in e.value.message
+    with pytest.raises(SpecError) as e:  # tiny CogVideoX has 2 heads
+        check_sequence_parallel(fam, cls, source, ParallelConfig(workers=4, ulysses_degree=4))
+    assert e.value.field == "ulysses_degree"
 
 
 # -- on Ray actors -------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ register("plan", "causal", causal_plan, {
                           lambda v: v >= 1),
     "sink_frames": Param((int,), 0, "an integer >= 0 (latent frames never evicted: the attention sink)",
                          lambda v: v >= 0),
-}, requires=("per_frame_timesteps", "attention_patches", "temporal_rope"), check=_check, chunked=True)
+}, requires=("per_frame_timesteps", "attention_patches", "temporal_rope", "kv_cache_rollout"), check=_check,
+         chunked=True)
 
 

@@ -17,7 +17,9 @@ from typing import Callable
 
 import torch
 
-from ..models.hooks import sdpa
+from ..models.hooks import (  # noqa: F401  (re-exported)
+    _SCORE_BUDGET, _explicit_attention_with_lse, _fused_attention_with_lse, attention_with_lse, compute_dtype,
+    lse_merge, sdpa)
 
 Rotate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``rotate(x [B, S, H, D], frame_positions LongTensor[F]) -> x rotated``."""
@@ -41,116 +43,8 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens_p
     return out
 
 
-# --------------------------------------------------------------------------------------
-# Attention with log-sum-exp and the exact merge
-# --------------------------------------------------------------------------------------
-
-_SCORE_BUDGET = 1 << 24
-"""Score elements per chunk of the explicit path (64 MiB in float32)."""
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Scores and lse are kept in float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _explicit_attention_with_lse(q, k, v, mask, scale, chunk=None):
-    b, sq, h, d = q.shape
-    sk = k.shape[1]
-    cdt = compute_dtype(q.dtype)
-    qf = q.transpose(1, 2).to(cdt)  # [B, S, H, D] -> [B, H, S, D]
-    kf = k.transpose(1, 2).to(cdt)
-    vf = v.transpose(1, 2).to(cdt)
-    if mask is not None:
-        mask = mask.to(torch.bool)
-        mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))  # -> [B|1, H|1, Sq, Sk]
-    chunk = chunk or max(1, _SCORE_BUDGET // max(1, b * h * sk))
-    out = torch.empty(b, h, sq, v.shape[-1], dtype=cdt, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=cdt, device=q.device)
-    for q0 in range(0, sq, chunk):
-        q1 = min(sq, q0 + chunk)
-        s = qf[:, :, q0:q1] @ kf.transpose(-1, -2) * scale  # [B, H, c, Sk]
-        if mask is not None:
-            m = mask[..., q0:q1, :] if mask.shape[-2] > 1 else mask
-            s = s.masked_fill(~m, float("-inf"))
-        mx = s.amax(-1, keepdim=True)
-        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))  # rows with no visible key
-        p = torch.exp(s - mx)
-        den = p.sum(-1, keepdim=True)
-        out[:, :, q0:q1] = (p @ vf) / den.clamp_min(torch.finfo(cdt).tiny)  # 0 where den == 0
-        lse[:, :, q0:q1] = (mx + torch.log(den)).squeeze(-1)  # -inf where den == 0
-    return out.transpose(1, 2).to(q.dtype), lse  # [B, H, S, D] -> [B, S, H, D]
-
-
-def _fused_attention_with_lse(q, k, v, scale):
-    """A fused kernel that returns the log-sum-exp, or None where none applies."""
-    sq = q.shape[1]
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # -> [B, H, S, D]
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, scale=scale)
-        return out.transpose(1, 2), lse
-    if q.device.type == "cuda":  # untested here (no GPU in the test suite); falls back on error
-        try:
-            if q.dtype in (torch.float16, torch.bfloat16):
-                res = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, scale=scale)
-            else:
-                res = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True, scale=scale)
-            out, lse = res[0], res[1][..., :sq]  # efficient attention pads the lse to 32 rows
-            return out.transpose(1, 2), lse
-        except (RuntimeError, NotImplementedError):
-            return None
-    return None
-
-
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                       chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention ``softmax(q k^T / sqrt(D)) v`` and the log-sum-exp of its scores.
-
-    ``q`` ``[B, Sq, H, D]``, ``k``/``v`` ``[B, Sk, H, D]``; ``mask``: boolean, True = visible,
-    broadcastable to ``[B, H, Sq, Sk]`` (e.g. ``[Sq, Sk]``). Returns ``out [B, Sq, H, D]`` (q's
-    dtype) and ``lse [B, H, Sq]`` (float32, float64 for float64 inputs). A query that sees no
-    key gets ``out = 0`` and ``lse = -inf`` (never NaN).
-
-    Without a mask: ATen's fused kernel (``_scaled_dot_product_flash_attention_for_cpu`` on CPU,
-    which returns the lse as its second output; flash / memory-efficient attention on CUDA).
-    With a mask: an explicit computation chunked over queries, memory O(chunk * Sk).
-    """
-    b, sq, h, _ = q.shape
-    scale = q.shape[-1] ** -0.5
-    if k.shape[1] == 0 or sq == 0:
-        cdt = compute_dtype(q.dtype)
-        return (q.new_zeros(b, sq, h, v.shape[-1]),
-                torch.full((b, h, sq), float("-inf"), dtype=cdt, device=q.device))
-    if mask is None:
-        res = _fused_attention_with_lse(q, k, v, scale)
-        if res is not None:
-            out, lse = res
-            return out, lse.to(compute_dtype(q.dtype))
-    return _explicit_attention_with_lse(q, k, v, mask, scale, chunk)
-
-
-def lse_merge(outs: list[torch.Tensor], lses: list[torch.Tensor], return_lse: bool = False):
-    """Merge partial attentions over disjoint key sets into the attention over their union.
-
-    ``out = sum_b exp(lse_b - m) out_b / sum_b exp(lse_b - m)``, ``m = max_b lse_b``; exact.
-    ``outs``: ``[B, S, H, D]``; ``lses``: ``[B, H, S]``. Parts with ``lse = -inf`` (no visible
-    key) get weight 0; a query with no key in any part gets 0 (and lse -inf).
-    """
-    if len(outs) == 1:
-        return (outs[0], lses[0]) if return_lse else outs[0]
-    L = torch.stack([x.to(compute_dtype(x.dtype)) for x in lses])  # [n, B, H, S]
-    m = L.amax(0)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(L - m)
-    den = w.sum(0)
-    w = (w / den.clamp_min(torch.finfo(w.dtype).tiny)).transpose(2, 3).unsqueeze(-1)  # [n, B, S, H, 1]
-    acc = None
-    for wb, ob in zip(w, outs):
-        term = torch.where(wb > 0, wb * ob.to(wb.dtype), torch.zeros((), dtype=wb.dtype, device=wb.device))
-        acc = term if acc is None else acc + term
-    out = acc.to(outs[0].dtype)
-    return (out, m + torch.log(den)) if return_lse else out
-
+# Attention with log-sum-exp and the exact merge live in models/hooks.py (adapters need them for
+# joint text-video attention); re-exported here for the methods.
 
 # --------------------------------------------------------------------------------------
 # Frame-level sparse engine: per query frame, a set of full and striped key frames

@@ -11,9 +11,24 @@ schedule is FlowMatchEuler with the pipeline's sigmas ``linspace(1, 0, steps + 1
 positions are computed inside the model from the window's frames. ``direct`` reproduces the
 stock pipeline bit for bit.
 
-Text and video tokens share self-attention (``joint_text_video_attention``); no patch of the
-video part is offered yet, so recipes needing ``attention_patches`` or ``temporal_rope`` are
-refused at validation. The transformer takes one timestep per batch (no ``per_frame_timesteps``).
+Text and video tokens share self-attention (``joint_text_video_attention``: ``[video, text]``
+concatenated in the double- and single-stream blocks, RoPE on the video part, padded text keys
+masked). An attention patch acts on the video tokens only (:func:`~.hooks.joint_video_attention`):
+it sees the window's video q/k/v ``[B, S, H, D]`` in frame-major order and decides how each
+video query's attention is spread over the video keys; the share going to the (unmasked) text
+keys stays the stock model's (an exact log-sum-exp split of the softmax), and the text queries
+attend over every key exactly as stock. Layers are numbered double-stream blocks first, then
+single-stream blocks. The plain patch through the hook is the stock processor's computation
+(bit for bit); any other patch computing plain attention equals stock up to float rounding
+(< 1e-5 on the tiny model). ``ctx.rotate`` applies the model's RoPE (``HunyuanVideoRotaryPosEmbed``,
+base 256, axes ``rope_axes_dim``) with any temporal positions, and a temporal RoPE edit replaces
+the temporal frequencies ``256^(-2j/d_t)`` that change, in the table the model computes.
+
+Sequence parallelism: diffusers ships no context-parallel plan for HunyuanVideo;
+:func:`_cp_plan` splits the patch embedding's video tokens and the RoPE tables and gathers
+``proj_out``'s output. Text tokens are never split (every rank holds all of them, computes their
+attention output, the same on every rank); the attention mask the model builds per rank is used
+for its text part only. The transformer takes one timestep per batch (no ``per_frame_timesteps``).
 
 Decoding is not streamed: ``AutoencoderKLHunyuanVideo.decode`` switches to its temporally tiled,
 blended path for long latents, so :meth:`decode` decodes the whole latent exactly as the
@@ -30,7 +45,82 @@ import numpy as np
 import torch
 
 from .base import WHOLE_LATENT, Cond, LatentSpace, ModelAdapter, pixel_chunks
+from .hooks import (AttentionPatch, AttnContext, is_plain, joint_text_attention, joint_video_attention,
+                    rope_frequencies, sdpa)
+from .parallel import SequenceParallel, register_split_hooks
 from .registry import FAMILIES
+
+
+def _cp_plan() -> dict:
+    """HunyuanVideo's context-parallel plan (diffusers ships none): the patch embedding's video
+    tokens and both RoPE tables ``[S, d]`` split along the sequence, ``proj_out`` gathered."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "rope": {0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+                 1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+class _JointAttention:
+    """Processor of a double- or single-stream block computing q, k, v as
+    ``HunyuanVideoAttnProcessor2_0`` and the video tokens' attention through a patch
+    (:func:`~.hooks.joint_video_attention`); under sequence parallelism through
+    :meth:`SequenceParallel.joint_attention`."""
+
+    def __init__(self, patch: AttentionPatch, ctx: AttnContext, layer: int, sp: SequenceParallel | None = None):
+        self.patch, self.ctx, self.layer, self.sp = patch.for_layer(layer), ctx, layer, sp
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        t = encoder_hidden_states.shape[1]
+        single = attn.add_q_proj is None
+        x = torch.cat([hidden_states, encoder_hidden_states], dim=1) if single else hidden_states
+        q, k, v = (f(x).unflatten(2, (attn.heads, -1)) for f in (attn.to_q, attn.to_k, attn.to_v))  # [B, S, H, D]
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if single:
+            (q, qt), (k, kt), (v, vt) = (z.split([z.shape[1] - t, t], dim=1) for z in (q, k, v))
+        else:
+            qt, kt, vt = (f(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                          for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                qt = attn.norm_added_q(qt)
+            if attn.norm_added_k is not None:
+                kt = attn.norm_added_k(kt)
+        qr, kr = q, k
+        if image_rotary_emb is not None:
+            qr, kr = (apply_rotary_emb(z, image_rotary_emb, sequence_dim=1) for z in (q, k))
+        self.ctx.layer = self.layer
+        if self.sp is None and is_plain(self.patch):  # the stock computation: one joint softmax
+            out = sdpa(torch.cat([qr, qt], 1), torch.cat([kr, kt], 1), torch.cat([v, vt], 1), attention_mask)
+        else:
+            mask = None if attention_mask is None else attention_mask[..., -t:].bool()  # [B, 1, 1, T] text keys
+            raw = self.patch.wants_raw(self.layer)
+            args = (q, k, v) if raw else (qr, kr, v)
+            rotated = (qr, kr) if raw else None
+            if self.sp is not None:
+                vid, txt = self.sp.joint_attention(*args, (qt, kt, vt), self.patch, self.ctx, mask, rotated,
+                                                   text_first=False)
+            else:
+                vid = joint_video_attention(*args, (qt, kt, vt), self.patch, self.ctx, mask, rotated, text_first=False)
+                txt = joint_text_attention(qt, kt, vt, kr, v, mask, text_first=False)
+            out = torch.cat([vid, txt], dim=1)
+        out = out.flatten(2, 3).to(q.dtype)
+        vid, txt = out[:, :-t], out[:, -t:]
+        if getattr(attn, "to_out", None) is not None:
+            vid = attn.to_out[1](attn.to_out[0](vid))
+        if getattr(attn, "to_add_out", None) is not None:
+            txt = attn.to_add_out(txt)
+        return vid, txt
+
+
+_PLAIN = AttentionPatch()
 
 
 class HunyuanLatentSpace(LatentSpace):
@@ -90,6 +180,19 @@ class HunyuanAdapter(ModelAdapter):
         self.space = HunyuanLatentSpace(pipe.scheduler, self.transformer.config.in_channels,
                                         pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
         self.patch_key = None
+        self.ctx = AttnContext()
+        self.ctx.rotate = self._rotate_at
+        self.sp: SequenceParallel | None = None
+        self._sp_hooks: list = []
+        self._installed = (None, None)
+        self._theta = None
+        """Edited temporal RoPE frequencies (None: stock)."""
+        self._rope = None
+        """The window's whole RoPE tables ``(cos, sin)`` ``[S, head_dim]`` (before any split)."""
+        self._attns = [b.attn for b in self.transformer.transformer_blocks] + \
+                      [b.attn for b in self.transformer.single_transformer_blocks]
+        self._stock_processors = [a.processor for a in self._attns]
+        self._rope_hook = self.transformer.rope.register_forward_hook(self._edit_rope)  # before any SP split
 
     @classmethod
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "HunyuanAdapter":
@@ -103,12 +206,81 @@ class HunyuanAdapter(ModelAdapter):
         return cls(pipe, device, template)
 
     # -- method hooks -------------------------------------------------------------------
-    def install(self, attention=None, temporal_rope=None, key=None) -> None:
-        """No patch points yet (the family lacks ``attention_patches`` and ``temporal_rope``, so
-        validation refuses recipes needing them); only the stock model installs."""
-        if attention is not None or temporal_rope is not None:
-            raise ValueError("hunyuan models take no attention or temporal RoPE patches")
+    def install(self, attention: AttentionPatch | None = None, temporal_rope=None, key=None) -> None:
+        """Install a patch of the video tokens' self-attention (on the layers it selects) and/or
+        a temporal RoPE frequency map ``theta -> theta'``; ``None`` restores the stock model."""
+        if key is not None and key == self.patch_key:
+            return
+        self._installed = (attention, temporal_rope)
+        for i, attn in enumerate(self._attns):
+            use = attention is not None and attention.applies(i)
+            if use or self.sp is not None:  # under SP every layer runs the group's attention
+                attn.set_processor(_JointAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
+            else:
+                attn.set_processor(self._stock_processors[i])
+        self._theta = None
+        if temporal_rope is not None:
+            theta = rope_frequencies(self._dim_t, self.transformer.rope.theta)
+            new = np.asarray(temporal_rope(theta), dtype=np.float64)
+            self._theta = None if np.array_equal(new, theta) else new
+        self.ctx.store.clear()
         self.patch_key = key
+
+    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
+        """Split every forward's video tokens over ``sp``'s group where :func:`_cp_plan` says;
+        None turns it off."""
+        for h in self._sp_hooks:
+            h.remove()
+        self._sp_hooks = []
+        self.sp = sp
+        if sp is not None:
+            heads = self.transformer.config.num_attention_heads
+            if heads % sp.ulysses:
+                raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
+            self._sp_hooks = register_split_hooks(self.transformer, _cp_plan(), sp)
+        self.patch_key = None
+        self.install(*self._installed)
+
+    @property
+    def _dim_t(self) -> int:
+        """Channels of a head rotated by the temporal position (``rope_axes_dim[0]``)."""
+        return self.transformer.rope.rope_dim[0]
+
+    def _temporal(self, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Overwrite the temporal columns of ``cos``/``sin`` ``[F, n, D]`` (frame-major rows) with
+        the edited frequencies at positions ``pos [F]`` -- only the components that changed."""
+        theta = rope_frequencies(self._dim_t, self.transformer.rope.theta)
+        p = pos.to(torch.float64).cpu()
+        for j in np.flatnonzero(self._theta != theta):
+            ang = (p * float(self._theta[j])).view(-1, 1, 1)
+            cos[:, :, 2 * j: 2 * j + 2] = torch.cos(ang).to(cos)  # interleaved pair
+            sin[:, :, 2 * j: 2 * j + 2] = torch.sin(ang).to(sin)
+
+    def _edit_rope(self, module, args, out):
+        """Forward hook of the model's RoPE: remember the window's tables and apply a temporal edit."""
+        cos, sin = out
+        if self._theta is not None:
+            f = self.ctx.grid[0]
+            cos, sin = cos.clone().view(f, -1, cos.shape[-1]), sin.clone().view(f, -1, sin.shape[-1])
+            self._temporal(torch.arange(f), cos, sin)
+            cos, sin = cos.flatten(0, 1), sin.flatten(0, 1)
+        self._rope = (cos, sin)
+        return cos, sin
+
+    def _rotate_at(self, x: torch.Tensor, frame_pos: torch.Tensor) -> torch.Tensor:
+        """The model's RoPE on unrotated ``[B, S, H, D]`` with temporal position ``frame_pos[f]``
+        for the tokens of frame f (height/width positions as the model's)."""
+        from diffusers.models.embeddings import get_1d_rotary_pos_embed, apply_rotary_emb
+
+        f = self.ctx.grid[0]
+        d = self._dim_t
+        tc, ts = get_1d_rotary_pos_embed(d, frame_pos.to(torch.float32).cpu(), self.transformer.rope.theta,
+                                         use_real=True)
+        cos, sin = (z.view(f, -1, z.shape[-1]).clone() for z in self._rope)
+        cos[..., :d], sin[..., :d] = tc[:, None].to(cos), ts[:, None].to(sin)
+        if self._theta is not None:
+            self._temporal(frame_pos, cos, sin)
+        return apply_rotary_emb(x, (cos.flatten(0, 1).to(x.device), sin.flatten(0, 1).to(x.device)), sequence_dim=1)
 
     @property
     def num_layers(self) -> int:
@@ -120,7 +292,7 @@ class HunyuanAdapter(ModelAdapter):
                 "family": self.family.name}
 
     def begin_step(self) -> None:
-        pass
+        self.ctx.store.clear()
 
     # -- conditioning -------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> Cond:
@@ -143,6 +315,9 @@ class HunyuanAdapter(ModelAdapter):
             raise ValueError("hunyuan models take one timestep per window")
         x = latent.unsqueeze(0).to(self.device, torch.float32)  # [C, L, h, w] -> [1, C, L, h, w]
         guidance = torch.tensor([cond.guidance], dtype=self.dtype, device=self.device) * 1000.0
+        cfg = self.transformer.config
+        self.ctx.grid = (x.shape[2] // cfg.patch_size_t, x.shape[3] // cfg.patch_size, x.shape[4] // cfg.patch_size)
+        self.ctx.role, self.ctx.anchor_key, self.ctx.branch = role, anchor_key, "cond"
         out = self.transformer(hidden_states=x.to(self.dtype), timestep=t.to(self.device).expand(1).to(x.dtype),
                                encoder_hidden_states=cond.prompt_embeds, encoder_attention_mask=cond.extras["mask"],
                                pooled_projections=cond.extras["pooled"], guidance=guidance, return_dict=False)[0]

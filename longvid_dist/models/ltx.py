@@ -18,6 +18,12 @@ temporal positions). The transformer takes a timestep per token, so each latent 
 its own (``per_frame_timesteps``). LTX's RoPE frequencies are not ``base^(-2j/d)`` per axis, so
 no ``temporal_rope`` edit is offered.
 
+Sequence parallelism follows diffusers' ``LTXVideoTransformer3DModel._cp_plan`` (:func:`_cp_plan`)
+for the video tokens, the RoPE tables and ``proj_out``, plus a per-token timestep ``[B, S]``
+split like Wan's; the text (``encoder_hidden_states`` and its mask), which diffusers' plan also
+splits for its ring cross-attention, is kept whole on every rank: cross-attention (``attn2``)
+runs stock on each rank's video rows against every text token.
+
 Decoding is not streamed: the LTX decoder is not causal in time, so :meth:`decode` decodes the
 whole latent as the pipeline does (denormalized with the VAE's ``latents_mean/std`` and
 ``scaling_factor``; a timestep-conditioned VAE gets ``decode_timestep = 0`` and noise scale 0,
@@ -34,15 +40,28 @@ import torch
 
 from .base import WHOLE_LATENT, Cond, LatentSpace, ModelAdapter, pixel_chunks
 from .hooks import AttentionPatch, AttnContext
+from .parallel import SequenceParallel, register_split_hooks
 from .registry import FAMILIES
+
+
+def _cp_plan(model) -> dict:
+    """diffusers' LTX plan without the text splits (text stays whole on every rank), with a
+    per-token timestep ``[B, S]`` split along the sequence (a per-batch ``[B]`` passes)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput
+
+    plan = dict(model._cp_plan)
+    plan[""] = {"hidden_states": plan[""]["hidden_states"],
+                "timestep": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False)}
+    return plan
 
 
 class _PatchedSelfAttention:
     """``attn1`` processor computing q, k, v as ``LTXVideoAttnProcessor`` and letting a method
-    patch decide the attention (``patch.attend``)."""
+    patch decide the attention (``patch.attend``); under sequence parallelism (``sp``) through
+    :meth:`SequenceParallel.attention`."""
 
-    def __init__(self, patch: AttentionPatch, ctx: AttnContext, layer: int):
-        self.patch, self.ctx, self.layer = patch, ctx, layer
+    def __init__(self, patch: AttentionPatch, ctx: AttnContext, layer: int, sp: SequenceParallel | None = None):
+        self.patch, self.ctx, self.layer, self.sp = patch.for_layer(layer), ctx, layer, sp
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
@@ -53,8 +72,16 @@ class _PatchedSelfAttention:
         if not self.patch.wants_raw(self.layer):
             q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # [B, S, H*D] -> [B, S, H, D]
-        out = self.patch.attend(q, k, v, self.ctx).flatten(2, 3).to(q.dtype)
+        if self.sp is not None:
+            out = self.sp.attention(q, k, v, self.patch, self.ctx)
+        else:
+            out = self.patch.attend(q, k, v, self.ctx)
+        out = out.flatten(2, 3).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+_PLAIN = AttentionPatch()
+"""Plain attention, for layers no patch selects (they still need the group's attention under SP)."""
 
 
 class LTXLatentSpace(LatentSpace):
@@ -130,6 +157,9 @@ class LTXAdapter(ModelAdapter):
         self.ctx.rotate = self._rotate_at
         self.patch_key = None
         self._stock_processors = {i: b.attn1.processor for i, b in enumerate(self.transformer.transformer_blocks)}
+        self.sp: SequenceParallel | None = None
+        self._sp_hooks: list = []
+        self._installed = (None, None)
 
     @classmethod
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "LTXAdapter":
@@ -147,12 +177,30 @@ class LTXAdapter(ModelAdapter):
             return
         if temporal_rope is not None:
             raise ValueError("ltx models take no temporal RoPE edit")
+        self._installed = (attention, temporal_rope)
         for i, block in enumerate(self.transformer.transformer_blocks):
             use = attention is not None and attention.applies(i)
-            block.attn1.set_processor(_PatchedSelfAttention(attention, self.ctx, i) if use
-                                      else self._stock_processors[i])
+            if use or self.sp is not None:  # under SP every layer runs the group's attention
+                block.attn1.set_processor(_PatchedSelfAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
+            else:
+                block.attn1.set_processor(self._stock_processors[i])
         self.ctx.store.clear()
         self.patch_key = key
+
+    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
+        """Split every forward's tokens over ``sp``'s group where :func:`_cp_plan` says; None
+        turns it off."""
+        for h in self._sp_hooks:
+            h.remove()
+        self._sp_hooks = []
+        self.sp = sp
+        if sp is not None:
+            heads = self.transformer.config.num_attention_heads
+            if heads % sp.ulysses:
+                raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
+            self._sp_hooks = register_split_hooks(self.transformer, _cp_plan(self.transformer), sp)
+        self.patch_key = None
+        self.install(*self._installed)
 
     @property
     def num_layers(self) -> int:
@@ -182,7 +230,11 @@ class LTXAdapter(ModelAdapter):
                                           torch.arange(w, dtype=torch.float32, device=x.device), indexing="ij"))
         coords = torch.stack([grid[0] * st * rope.patch_size_t, grid[1] * sh * rope.patch_size,
                               grid[2] * sw * rope.patch_size]).flatten(1)[None]  # [1, 3, S]
-        freqs = rope(x, video_coords=coords)
+        freqs = rope.forward(x, video_coords=coords)  # not through the module's (SP split) hooks
+        if self.ctx.heads is not None:  # LTX's RoPE spans every head's channels: this rank's heads
+            h0, n = self.ctx.heads
+            d = x.shape[3]
+            freqs = tuple(z[..., h0 * d:(h0 + n) * d] for z in freqs)
         return apply_rotary_emb(x.flatten(2), freqs).unflatten(2, (x.shape[2], -1))
 
     # -- conditioning -------------------------------------------------------------------

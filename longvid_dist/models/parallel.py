@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .hooks import AttentionPatch, AttnContext, sdpa
+from .hooks import AttentionPatch, AttnContext, is_plain, joint_text_attention, joint_video_attention, sdpa
 
 
 @dataclass
@@ -99,15 +99,61 @@ class SequenceParallel:
             q = self._ring_gather(q)[:, : self.seq_len]
             if patch.all_heads and self.ulysses > 1:
                 q, k, v = (torch.cat(_all_gather(x, self.ulysses_group), dim=2) for x in (q, k, v))
+                ctx.heads = None
                 out = patch.attend(q, k, v, ctx)
                 out = out.chunk(self.ulysses, dim=2)[self.ulysses_rank]
             else:
+                ctx.heads = self._my_heads(q.shape[2])
                 out = patch.attend(q, k, v, ctx)  # [B, S, H/U, D]
             pad = self.padded(self.seq_len) - self.seq_len
             if pad:
                 out = torch.cat([out, out.new_zeros(out.shape[0], pad, *out.shape[2:])], dim=1)
             out = out.chunk(self.ring, dim=1)[self.ring_rank]  # this ring rank's rows
         return self._to_sequence(out.contiguous())
+
+    def joint_attention(self, q, k, v, text, patch: AttentionPatch, ctx: AttnContext, text_mask=None,
+                        rotated=None, text_first: bool = True):
+        """Joint text-video self-attention (CogVideoX, HunyuanVideo) with the video tokens split:
+        ``q, k, v`` (and ``rotated``) are this rank's ``[B, S/P, H, D]`` video shards, ``text =
+        (qt, kt, vt)`` every text token, the same on every rank (replicated, never split).
+        Computed as :func:`~.hooks.joint_video_attention` on the whole window for this rank's
+        heads; returns this rank's video rows ``[B, S/P, H, D]`` and the text tokens' output
+        ``[B, T, H, D]`` (every head; the same on every rank)."""
+        u0, hu = self.ulysses_rank * (q.shape[2] // self.ulysses), q.shape[2] // self.ulysses
+        text = tuple(x[:, :, u0:u0 + hu] for x in text)  # this ulysses rank's heads
+        vid = [self._to_heads(x) for x in (q, k, v, *(rotated or ()))]  # [B, S_pad/R, H/U, D]
+        for i in (1, 2, 4):  # keys, values, rotated keys: every real token of the window
+            if i < len(vid):
+                vid[i] = self._ring_gather(vid[i])[:, : self.seq_len]
+        q, k, v, *rot = vid
+        kr = rot[1] if rot else k
+        if is_plain(patch):
+            out = joint_video_attention(rot[0] if rot else q, kr, v, text, patch, ctx, text_mask, None, text_first)
+        else:
+            q = self._ring_gather(q)[:, : self.seq_len]
+            rot = [self._ring_gather(rot[0])[:, : self.seq_len], kr] if rot else []
+            if patch.all_heads and self.ulysses > 1:
+                full = [torch.cat(_all_gather(x, self.ulysses_group), dim=2) for x in (q, k, v, *rot, *text)]
+                n = len(full) - 3
+                ctx.heads = None
+                out = joint_video_attention(*full[:3], tuple(full[n:]), patch, ctx, text_mask,
+                                            tuple(full[3:n]) or None, text_first)
+                out = out.chunk(self.ulysses, dim=2)[self.ulysses_rank]
+            else:
+                ctx.heads = self._my_heads(q.shape[2])
+                out = joint_video_attention(q, k, v, text, patch, ctx, text_mask, tuple(rot) or None, text_first)
+            pad = self.padded(self.seq_len) - self.seq_len
+            if pad:
+                out = torch.cat([out, out.new_zeros(out.shape[0], pad, *out.shape[2:])], dim=1)
+            out = out.chunk(self.ring, dim=1)[self.ring_rank]  # this ring rank's rows
+        text_out = joint_text_attention(*text, kr, v, text_mask, text_first)  # [B, T, H/U, D]
+        if self.ulysses > 1:
+            text_out = torch.cat(_all_gather(text_out, self.ulysses_group), dim=2)
+        return self._to_sequence(out.contiguous()), text_out
+
+    def _my_heads(self, local: int) -> tuple[int, int] | None:
+        """``AttnContext.heads`` of this rank's ``local`` heads (None when it holds all)."""
+        return None if self.ulysses == 1 else (self.ulysses_rank * local, local)
 
     def _ring_gather(self, x: torch.Tensor) -> torch.Tensor:
         if self.ring == 1:
@@ -150,7 +196,8 @@ def register_split_hooks(model: torch.nn.Module, plan: dict, sp: SequenceParalle
     ``plan`` maps a submodule name (``""`` = the model) to ``{input name or output index:
     ContextParallelInput}`` (split that input, or that output when ``split_output``) or to a
     ``ContextParallelOutput`` (gather the output). A tensor with other than ``expected_dims``
-    dimensions passes through unsplit, as in diffusers. Returns the hook handles.
+    dimensions passes through unsplit, as in diffusers; an input that is a tuple of tensors (a
+RoPE table pair passed to the model) is split element by element. Returns the hook handles.
     """
     import inspect
 
@@ -158,6 +205,12 @@ def register_split_hooks(model: torch.nn.Module, plan: dict, sp: SequenceParalle
 
     def fits(x, spec) -> bool:
         return isinstance(x, torch.Tensor) and (spec.expected_dims is None or x.dim() == spec.expected_dims)
+
+    def split(x, spec):
+        """``x`` sharded if it fits ``spec``; a tuple (RoPE's cos and sin) element by element."""
+        if isinstance(x, tuple):
+            return tuple(split(e, spec) for e in x)
+        return sp.shard(x, spec.split_dim) if fits(x, spec) else x
 
     handles = []
     for name, spec in plan.items():
@@ -183,10 +236,10 @@ def register_split_hooks(model: torch.nn.Module, plan: dict, sp: SequenceParalle
             def split_in(mod, args, kwargs, ins=ins, params=params):
                 args = list(args)
                 for n, s in ins.items():
-                    if n in kwargs and fits(kwargs[n], s):
-                        kwargs[n] = sp.shard(kwargs[n], s.split_dim)
-                    elif n in params and params.index(n) < len(args) and fits(args[params.index(n)], s):
-                        args[params.index(n)] = sp.shard(args[params.index(n)], s.split_dim)
+                    if n in kwargs:
+                        kwargs[n] = split(kwargs[n], s)
+                    elif n in params and params.index(n) < len(args):
+                        args[params.index(n)] = split(args[params.index(n)], s)
                 return tuple(args), kwargs
             handles.append(module.register_forward_pre_hook(split_in, with_kwargs=True))
     return handles

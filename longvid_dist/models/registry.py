@@ -20,10 +20,13 @@ CAPABILITIES = {
     "temporal_rope": "a temporal rotary embedding whose frequencies and positions can be edited (RIFLEx, FLEX, "
                      "FreeLOC's VRPR)",
     "per_frame_timesteps": "the transformer takes one timestep per latent frame (diffusion forcing, causal rollout)",
+    "kv_cache_rollout": "blocks denoised against a rolling key/value cache of earlier blocks (causal rollout)",
     "block_causal_attention": "attention masked block-causally over latent frames (diffusion forcing with "
                               "causal_block_size > 1)",
-    "joint_text_video_attention": "text and video tokens share self-attention (patches see video tokens only)",
-    "context_parallel": "diffusers ships a context-parallel plan (sequence parallelism inside a window)",
+    "joint_text_video_attention": "text and video tokens share self-attention (patches see video tokens only; "
+                                  "the text share of each video query's attention stays stock)",
+    "context_parallel": "a context-parallel plan (diffusers' or the adapter's) splits a window's tokens over a "
+                        "sequence-parallel group (--ulysses-degree / --ring-degree)",
 }
 """What a family can do for a method; a recipe needing one its family lacks is refused at validation."""
 
@@ -66,7 +69,8 @@ class FamilyInfo:
         return (frames - 1) // self.temporal_factor + 1
 
 
-_WAN_CAPS = frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps", "context_parallel"})
+_WAN_CAPS = frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps", "context_parallel",
+                       "kv_cache_rollout"})
 
 FAMILIES: dict[str, FamilyInfo] = {
     "wan": FamilyInfo(
@@ -117,7 +121,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=49,
         default_size=(480, 720),
         hub_ids=("THUDM/CogVideoX-2b", "THUDM/CogVideoX-5b"),
-        capabilities=frozenset({"joint_text_video_attention"}),
+        capabilities=frozenset({"joint_text_video_attention", "attention_patches", "temporal_rope",
+                                "context_parallel"}),
     ),
     "ltx": FamilyInfo(
         name="ltx",
@@ -129,7 +134,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=121,
         default_size=(512, 704),
         hub_ids=("Lightricks/LTX-Video",),
-        capabilities=frozenset({"attention_patches", "per_frame_timesteps"}),
+        capabilities=frozenset({"attention_patches", "per_frame_timesteps", "context_parallel"}),
     ),
     "skyreels-df": FamilyInfo(
         name="skyreels-df",
@@ -144,7 +149,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         hub_ids=("Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
                  "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
         capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps",
-                                "block_causal_attention"}),
+                                "block_causal_attention", "kv_cache_rollout"}),
     ),
     "hunyuan": FamilyInfo(
         name="hunyuan",
@@ -157,7 +162,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         native_frames=129,
         default_size=(720, 1280),
         hub_ids=("hunyuanvideo-community/HunyuanVideo",),
-        capabilities=frozenset({"joint_text_video_attention"}),
+        capabilities=frozenset({"joint_text_video_attention", "attention_patches", "temporal_rope",
+                                "context_parallel"}),
     ),
 }
 
