@@ -29,13 +29,13 @@ CASES = {
 }
 
 
-def load(model: str):
+def load(model: str, device: str = "cpu"):
     """The tiny ``model`` through its family's adapter."""
     from longvid_dist.models.registry import adapter_class, resolve_model
     from longvid_dist.models.tiny import tiny_model_path
 
     path = str(tiny_model_path(model))
-    return adapter_class(resolve_model(path).family).load(path)
+    return adapter_class(resolve_model(path).family).load(path, device=device)
 
 
 def patches(case: str, frames: int = GRID[1]) -> dict | None:
@@ -58,6 +58,7 @@ def run_cases(adapter, model: str = "tiny-wan") -> dict[str, torch.Tensor]:
     grid = GRIDS[model]
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(*grid, generator=g), torch.randn(*grid, generator=g)
+    x, y = x.to(adapter.device), y.to(adapter.device)  # drawn on the CPU: the same values everywhere
     cond = adapter.encode_prompt("a red car", "blurry", 5.0)
     t = torch.tensor(700)
     out = {}
@@ -74,15 +75,20 @@ def run_cases(adapter, model: str = "tiny-wan") -> dict[str, torch.Tensor]:
     return out
 
 
-def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str, model: str) -> None:
+def _rank(rank: int, world: int, ulysses: int, ring: int, port: int, path: str, model: str,
+          backend: str = "gloo") -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
     from longvid_dist.models.parallel import build_groups
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    device = "cpu"
+    if backend == "nccl":  # one GPU per rank
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        adapter = load(model)
+        adapter = load(model, device)
         adapter.enable_sequence_parallel(build_groups(rank, world, ulysses, ring))
         out = run_cases(adapter, model)
         if rank == 0:
