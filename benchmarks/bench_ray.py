@@ -183,7 +183,8 @@ class NoopWorker:
     ``.numpy()`` back, only kept windows returned), but the "prediction" is the window's own
     input frames. Imports are local so Ray ships the class by value from ``__main__``."""
 
-    def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,)):
+    def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,),
+                 offload="none", keep_text_encoders=False):
         import torch
 
         torch.set_num_threads(max(threads, 1))
