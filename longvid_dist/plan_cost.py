@@ -597,7 +597,7 @@ def format_plan(p: CostPlan) -> str:
         f"  memory       ~{_fmt(p.worker_peak)} peak per worker: weights {_fmt(m['weights'])}, latent "
         f"{_fmt(m['latent'])}, window activations {_fmt(m['activations'])}, decode chunk {_fmt(m['decode'])}; "
         f"coordinator ~{_fmt(p.coordinator_peak)}",
-        f"  available    " + (f"{_fmt(p.memory_available)} ({p.memory_source}): " if p.memory_available else
+        "  available    " + (f"{_fmt(p.memory_available)} ({p.memory_source}): " if p.memory_available else
                                 f"unknown ({p.memory_source})" + (": " if not p.fits else ""))
         + ("fits" if p.fits and p.memory_available else "" if p.fits else f"DOES NOT FIT: {p.refusal}"),
     ]

@@ -12,7 +12,6 @@ import torch
 from longvid_dist import RenderSpec
 from longvid_dist.config import SpecError
 from longvid_dist.methods.forcing import forcing_plan, schedule, segments
-from longvid_dist.methods.recipes import recipe_from_dict
 from longvid_dist.runtime.executor import LocalExecutor
 from longvid_dist.sampling.chunks import denoise_forcing
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .forcing import Segment
-from .registry import NUM, Geometry, Param, num_range, register
+from .registry import NUM, Param, num_range, register
 
 
 @dataclass(frozen=True)

@@ -238,10 +238,29 @@ class ModelAdapter(ABC):
         self.offload = mode
         self.device = torch.device(device)
 
-    def enable_sequence_parallel(self, sp) -> None:
-        """Split this replica's forwards over ``sp``'s group (``models.parallel``); None turns it
-        off. Families with the ``context_parallel`` capability implement it."""
+    def split_plans(self) -> list:
+        """``(module, context-parallel plan)`` pairs saying where a forward's tokens are split and
+        gathered (``models.parallel.register_split_hooks``). Families with the
+        ``context_parallel`` capability implement it."""
         raise NotImplementedError(f"{self.family.name} models have no sequence-parallel support")
+
+    def enable_sequence_parallel(self, sp) -> None:
+        """Split this replica's forwards over ``sp``'s group (``models.parallel``) where
+        :meth:`split_plans` says, every self-attention layer through the group's attention; None
+        turns it off. The installed patches are installed again around it."""
+        from .parallel import register_split_hooks
+
+        for h in getattr(self, "_sp_hooks", []):
+            h.remove()
+        self._sp_hooks = []
+        self.sp = sp
+        if sp is not None:
+            heads = self.transformer.config.num_attention_heads
+            if heads % sp.ulysses:
+                raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
+            self._sp_hooks = [h for m, plan in self.split_plans() for h in register_split_hooks(m, plan, sp)]
+        self.patch_key = None
+        self.install(*self._installed)
 
     @classmethod
     def attention_heads(cls, source: str) -> int:

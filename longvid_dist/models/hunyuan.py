@@ -47,7 +47,7 @@ import torch
 from .base import WHOLE_LATENT, Cond, LatentSpace, ModelAdapter, pixel_chunks
 from .hooks import (AttentionPatch, AttnContext, is_plain, joint_text_attention, joint_video_attention,
                     rope_frequencies, sdpa)
-from .parallel import SequenceParallel, register_split_hooks
+from .parallel import SequenceParallel
 from .registry import FAMILIES
 
 
@@ -226,20 +226,9 @@ class HunyuanAdapter(ModelAdapter):
         self.ctx.store.clear()
         self.patch_key = key
 
-    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
-        """Split every forward's video tokens over ``sp``'s group where :func:`_cp_plan` says;
-        None turns it off."""
-        for h in self._sp_hooks:
-            h.remove()
-        self._sp_hooks = []
-        self.sp = sp
-        if sp is not None:
-            heads = self.transformer.config.num_attention_heads
-            if heads % sp.ulysses:
-                raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
-            self._sp_hooks = register_split_hooks(self.transformer, _cp_plan(), sp)
-        self.patch_key = None
-        self.install(*self._installed)
+    def split_plans(self) -> list:
+        """The plan :func:`_cp_plan` writes for HunyuanVideo (diffusers ships none)."""
+        return [(self.transformer, _cp_plan())]
 
     @property
     def _dim_t(self) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from .base import Cond, LatentSpace, ModelAdapter, onload
 from .hooks import AttentionPatch, AttnContext, rope_frequencies
-from .parallel import SequenceParallel, register_split_hooks
+from .parallel import SequenceParallel
 from .registry import FAMILIES, family_of_index
 
 
@@ -176,20 +176,10 @@ class WanAdapter(ModelAdapter):
         self.ctx.store.clear()
         self.patch_key = key
 
-    def enable_sequence_parallel(self, sp: SequenceParallel | None) -> None:
-        """Split every forward's tokens over ``sp``'s group where diffusers' context-parallel plan
-        for Wan splits them (``WanTransformer3DModel._cp_plan``); None turns it off."""
-        for h in self._sp_hooks:
-            h.remove()
-        self._sp_hooks = []
-        self.sp = sp
-        if sp is not None:
-            heads = self.transformer.config.num_attention_heads
-            if heads % sp.ulysses:
-                raise ValueError(f"--ulysses-degree {sp.ulysses} must divide the model's {heads} attention heads")
-            self._sp_hooks = [h for m in self.experts for h in register_split_hooks(m, m._cp_plan, sp)]
-        self.patch_key = None
-        self.install(*self._installed)
+    def split_plans(self) -> list:
+        """diffusers' context-parallel plan for Wan (``WanTransformer3DModel._cp_plan``), on every
+        expert (Wan2.2's ``transformer_2`` too)."""
+        return [(m, m._cp_plan) for m in self.experts]
 
     @property
     def num_layers(self) -> int:
