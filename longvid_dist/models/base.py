@@ -80,10 +80,26 @@ class LatentSpace(ABC):
     built from the pipeline's config files only, so the coordinator never loads weights.
     Latents live on the CPU in fp32 at the coordinator."""
 
+    def __init__(self, scheduler, channels: int, temporal: int, spatial: int):
+        self.scheduler = scheduler
+        """The pipeline's scheduler (its class and config make fresh ones)."""
+        self.channels, self.temporal, self.spatial = channels, temporal, spatial
+        """Latent channels, and pixel frames / pixels per latent frame / latent pixel."""
+
     @classmethod
     @abstractmethod
     def from_source(cls, source: str) -> "LatentSpace":
         """Read configs of a local diffusers folder."""
+
+    @staticmethod
+    def read_configs(source: str) -> tuple[dict, dict, dict]:
+        """``model_index.json``, the transformer's and the VAE's ``config.json`` of a folder."""
+        import json
+        from pathlib import Path
+
+        root = Path(source)
+        return tuple(json.loads((root / p).read_text())
+                     for p in ("model_index.json", "transformer/config.json", "vae/config.json"))
 
     @abstractmethod
     def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
@@ -95,9 +111,9 @@ class LatentSpace(ABC):
         whose schedule depends on the video's size (LTX's dynamic shift) read ``latent_shape``
         ``(C, F, h, w)``."""
 
-    @abstractmethod
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, F, h, w)`` of a video's latent."""
+        return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
 
     @abstractmethod
     def predict_x0(self, latent: torch.Tensor, pred: torch.Tensor, scheduler, step: int) -> torch.Tensor:

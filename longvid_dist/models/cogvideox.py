@@ -113,26 +113,14 @@ _PLAIN = AttentionPatch()
 class CogVideoXLatentSpace(LatentSpace):
     """CogVideoX latent geometry, initial noise and scheduler from configs alone."""
 
-    def __init__(self, scheduler, channels: int, temporal: int, spatial: int):
-        self.scheduler, self.channels, self.temporal, self.spatial = scheduler, channels, temporal, spatial
-
     @classmethod
     def from_source(cls, source: str) -> "CogVideoXLatentSpace":
-        import json
-        from pathlib import Path
-
         import diffusers
 
-        root = Path(source)
-        index = json.loads((root / "model_index.json").read_text())
+        index, tcfg, vcfg = cls.read_configs(source)
         sched = getattr(diffusers, index["scheduler"][1]).from_pretrained(source, subfolder="scheduler")
-        tcfg = json.loads((root / "transformer" / "config.json").read_text())
-        vcfg = json.loads((root / "vae" / "config.json").read_text())
         spatial = 2 ** (len(vcfg["block_out_channels"]) - 1)
         return cls(sched, tcfg["in_channels"], vcfg.get("temporal_compression_ratio", 4), spatial)
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
 
     def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
         """``randn_tensor`` of the frame-major ``[1, F, C, h, w]`` times ``init_noise_sigma``,

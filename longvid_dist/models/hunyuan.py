@@ -126,22 +126,14 @@ _PLAIN = AttentionPatch()
 class HunyuanLatentSpace(LatentSpace):
     """HunyuanVideo latent geometry, initial noise and scheduler from configs alone."""
 
-    def __init__(self, scheduler, channels: int, temporal: int, spatial: int):
-        self.scheduler, self.channels, self.temporal, self.spatial = scheduler, channels, temporal, spatial
-
     @classmethod
     def from_source(cls, source: str) -> "HunyuanLatentSpace":
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        root = Path(source)
+        _, tcfg, vcfg = cls.read_configs(source)
         sched = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
-        tcfg = json.loads((root / "transformer" / "config.json").read_text())
-        vcfg = json.loads((root / "vae" / "config.json").read_text())
         return cls(sched, tcfg["in_channels"], vcfg.get("temporal_compression_ratio", 4),
                    vcfg.get("spatial_compression_ratio", 8))
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
 
     def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
         """``randn_tensor`` of ``[1, C, F, h, w]`` as ``HunyuanVideoPipeline.prepare_latents``."""

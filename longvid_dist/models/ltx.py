@@ -87,26 +87,15 @@ _PLAIN = AttentionPatch()
 class LTXLatentSpace(LatentSpace):
     """LTX latent geometry, initial noise and scheduler from configs alone."""
 
-    def __init__(self, scheduler, channels: int, temporal: int, spatial: int):
-        self.scheduler, self.channels, self.temporal, self.spatial = scheduler, channels, temporal, spatial
-
     @classmethod
     def from_source(cls, source: str) -> "LTXLatentSpace":
-        import json
-        from pathlib import Path
-
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        root = Path(source)
+        _, tcfg, v = cls.read_configs(source)
         sched = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
-        tcfg = json.loads((root / "transformer" / "config.json").read_text())
-        v = json.loads((root / "vae" / "config.json").read_text())
         spatial = v.get("patch_size", 4) * 2 ** sum(v.get("spatio_temporal_scaling", (True, True, True, False)))
         temporal = v.get("patch_size_t", 1) * 2 ** sum(v.get("spatio_temporal_scaling", (True, True, True, False)))
         return cls(sched, tcfg["in_channels"], temporal, spatial)
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
 
     def init_noise(self, generator: torch.Generator, frames: int, height: int, width: int) -> torch.Tensor:
         """``randn_tensor`` of ``[1, C, F, h, w]`` as ``LTXPipeline.prepare_latents`` (which then

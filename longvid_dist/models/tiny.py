@@ -149,19 +149,24 @@ def build_tiny_wan22_ti2v(seed: int = 0):
                        vae=vae, scheduler=scheduler, expand_timesteps=True)
 
 
+def _tiny_t5(tokenizer):
+    """A tiny T5 encoder (d_model 32, 2 layers) over ``tokenizer``: CogVideoX's and LTX's text encoder."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)).eval()
+
+
 def build_tiny_cogvideox(seed: int = 0):
     """Tiny CogVideoXPipeline (T5, CogVideoXTransformer3DModel with 3D RoPE, AutoencoderKLCogVideoX,
     CogVideoXDDIMScheduler with v-prediction as CogVideoX-2b ships it)."""
     import torch
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
-    from transformers import T5Config, T5EncoderModel
 
     tokenizer = _tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                           num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
-                                           eos_token_id=1)).eval()
+    text_encoder = _tiny_t5(tokenizer)
     torch.manual_seed(seed + 1)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2,
@@ -189,13 +194,10 @@ def build_tiny_ltx(seed: int = 0):
     import torch
     from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
                            LTXVideoTransformer3DModel)
-    from transformers import T5Config, T5EncoderModel
 
     tokenizer = _tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                           num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
-                                           eos_token_id=1)).eval()
+    text_encoder = _tiny_t5(tokenizer)
     torch.manual_seed(seed + 1)
     transformer = LTXVideoTransformer3DModel(
         in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,

@@ -73,21 +73,12 @@ class WanLatentSpace(LatentSpace):
     draws it, so the coordinator of a distributed render never loads the model.
     """
 
-    def __init__(self, scheduler, channels: int, temporal: int, spatial: int):
-        self.scheduler, self.channels, self.temporal, self.spatial = scheduler, channels, temporal, spatial
-
     @classmethod
     def from_source(cls, source: str) -> "WanLatentSpace":
-        import json
-        from pathlib import Path
-
         import diffusers
 
-        root = Path(source)
-        index = json.loads((root / "model_index.json").read_text())
+        index, tcfg, vcfg = cls.read_configs(source)
         sched = getattr(diffusers, index["scheduler"][1]).from_pretrained(source, subfolder="scheduler")
-        tcfg = json.loads((root / "transformer" / "config.json").read_text())
-        vcfg = json.loads((root / "vae" / "config.json").read_text())
         return cls(sched, tcfg["in_channels"], vcfg.get("scale_factor_temporal") or 4,
                    vcfg.get("scale_factor_spatial") or 8)
 
@@ -96,9 +87,6 @@ class WanLatentSpace(LatentSpace):
 
         shape = (1, *self.latent_shape(frames, height, width))
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)[0]
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
 
     def predict_x0(self, latent: torch.Tensor, pred: torch.Tensor, scheduler, step: int) -> torch.Tensor:
         """Clean-latent estimate from a flow prediction: ``x0 = z_t - sigma_t * v``."""
