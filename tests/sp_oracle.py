@@ -17,6 +17,12 @@ GRIDS = {  # per tiny model: 5 x 3 x 5 = 75 video tokens, divisible by neither 2
     "tiny-ltx": (8, 5, 3, 5),  # patch 1x1x1
     "tiny-cogvideox": (4, 5, 6, 10),  # patch 2x2
     "tiny-hunyuan": (4, 5, 6, 10),  # patch 1x2x2
+    "tiny-skyreels-df": (16, 9, 6, 6),  # patch 1x2x2: 9 x 3 x 3 = 81 tokens, odd
+}
+DF_CASES = {  # diffusion forcing: a timestep per latent frame, under a block-causal mask of N frames
+    "df-full": 1,  # causal_block_size 1: no mask (the stock model's full attention)
+    "df-block3": 3,  # three blocks of 3 frames
+    "df-block1x9": 9,  # one block: the mask is all visible, but present
 }
 CASES = {
     "plain": [],
@@ -62,6 +68,9 @@ def run_cases(adapter, model: str = "tiny-wan") -> dict[str, torch.Tensor]:
     cond = adapter.encode_prompt("a red car", "blurry", 5.0)
     t = torch.tensor(700)
     out = {}
+    if model == "tiny-skyreels-df":  # per-frame noise levels, as an asynchronous DF iteration has them
+        t = torch.linspace(100, 900, grid[1]).round()
+        return {case: adapter.predict(x, t, cond, causal_block=block) for case, block in DF_CASES.items()}
     for case in CASES:
         p = patches(case, grid[1])
         adapter.install(*build_patches(p, adapter.model_info()), key=repr(p))

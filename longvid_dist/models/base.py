@@ -51,6 +51,34 @@ class Cond:
                    {k: t(v) for k, v in data.get("extras", {}).items()})
 
 
+BRANCHES = ("cond", "uncond")
+"""Classifier-free-guidance branches a worker can be asked for alone (``split_guidance``)."""
+
+
+def guided(forward, cond: Cond, ctx, branch: str | None = None) -> torch.Tensor:
+    """Classifier-free guidance as the Wan pipelines compute it: ``forward(embeds)`` for the
+    positive prompt and, when ``cond`` has negative embeddings, for the negative one, combined by
+    :func:`combine_guidance` in the model's dtype. ``branch`` (``cond`` or ``uncond``): that
+    branch's raw output alone, for a coordinator that runs the two on separate workers and
+    combines them itself (bit for bit the same). ``ctx.branch`` tells patches which one runs."""
+    if branch is not None:
+        if branch not in BRANCHES or (branch == "uncond" and cond.negative_embeds is None):
+            raise ValueError(f"guidance branch {branch!r}: one of {', '.join(BRANCHES)} (uncond needs guidance > 1)")
+        ctx.branch = branch
+        return forward(cond.prompt_embeds if branch == "cond" else cond.negative_embeds)
+    ctx.branch = "cond"
+    out = forward(cond.prompt_embeds)
+    if cond.negative_embeds is not None:
+        ctx.branch = "uncond"
+        out = combine_guidance(out, forward(cond.negative_embeds), cond.guidance)
+    return out
+
+
+def combine_guidance(cond_out: torch.Tensor, uncond_out: torch.Tensor, guidance: float) -> torch.Tensor:
+    """``uncond + g * (cond - uncond)`` (classifier-free guidance, Ho & Salimans 2022, Eq. 6)."""
+    return uncond_out + guidance * (cond_out - uncond_out)
+
+
 def blend_cond_arrays(parts: list[tuple[dict, float]]) -> dict:
     """A weighted blend of conditionings in :meth:`Cond.to_numpy` form (``[(arrays, weight)]``,
     weights summing to 1): floating arrays are summed in float32 in the order given, masks and

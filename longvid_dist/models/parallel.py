@@ -94,7 +94,11 @@ class SequenceParallel:
         k, v = self._ring_gather(k), self._ring_gather(v)  # [B, S_pad, H/U, D]
         k, v = k[:, : self.seq_len], v[:, : self.seq_len]
         if plain:
-            out = sdpa(q, k, v)  # local queries, every real key: one softmax
+            mask = None
+            if ctx.mask is not None:  # block-causal (diffusion forcing): this rank's query rows
+                rows = self.padded(self.seq_len) // self.ring
+                mask = self._rows(ctx.mask, self.ring_rank * rows, rows)
+            out = sdpa(q, k, v, mask)  # local queries, every real key (masked ones hidden): one softmax
         else:
             q = self._ring_gather(q)[:, : self.seq_len]
             if patch.all_heads and self.ulysses > 1:
@@ -150,6 +154,14 @@ class SequenceParallel:
         if self.ulysses > 1:
             text_out = torch.cat(_all_gather(text_out, self.ulysses_group), dim=2)
         return self._to_sequence(out.contiguous()), text_out
+
+    def _rows(self, mask: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        """Rows ``start .. start+n`` of the model's boolean ``[.., S, S]`` mask over the real
+        sequence; rows past the real tokens (padding, dropped later) see every key."""
+        m = mask[..., start:start + n, :]
+        if m.shape[-2] < n:
+            m = torch.cat([m, m.new_ones(*m.shape[:-2], n - m.shape[-2], m.shape[-1])], dim=-2)
+        return m
 
     def _my_heads(self, local: int) -> tuple[int, int] | None:
         """``AttnContext.heads`` of this rank's ``local`` heads (None when it holds all)."""

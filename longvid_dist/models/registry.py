@@ -27,6 +27,8 @@ CAPABILITIES = {
                                   "the text share of each video query's attention stays stock)",
     "context_parallel": "a context-parallel plan (diffusers' or the adapter's) splits a window's tokens over a "
                         "sequence-parallel group (--ulysses-degree / --ring-degree)",
+    "split_guidance": "the two classifier-free-guidance branches are separate forwards, so they can run on "
+                      "separate workers and be combined by the coordinator bit for bit",
 }
 """What a family can do for a method; a recipe needing one its family lacks is refused at validation."""
 
@@ -70,7 +72,7 @@ class FamilyInfo:
 
 
 _WAN_CAPS = frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps", "context_parallel",
-                       "kv_cache_rollout"})
+                       "kv_cache_rollout", "split_guidance"})
 
 FAMILIES: dict[str, FamilyInfo] = {
     "wan": FamilyInfo(
@@ -149,7 +151,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         hub_ids=("Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers", "Skywork/SkyReels-V2-DF-14B-540P-Diffusers",
                  "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
         capabilities=frozenset({"attention_patches", "temporal_rope", "per_frame_timesteps",
-                                "block_causal_attention", "kv_cache_rollout"}),
+                                "block_causal_attention", "kv_cache_rollout", "context_parallel",
+                                "split_guidance"}),
     ),
     "hunyuan": FamilyInfo(
         name="hunyuan",

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import Cond, LatentSpace, ModelAdapter, onload
+from .base import Cond, LatentSpace, ModelAdapter, guided, onload
 from .hooks import AttentionPatch, AttnContext, rope_frequencies
 from .parallel import SequenceParallel
 from .registry import FAMILIES, family_of_index
@@ -232,7 +232,9 @@ class WanAdapter(ModelAdapter):
     # -- model --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
-                anchor_key=None) -> torch.Tensor:
+                anchor_key=None, branch: str | None = None) -> torch.Tensor:
+        """Guided prediction for ``[C, L, h, w]`` at ``t`` (0-d, or one per latent frame);
+        ``branch``: one guidance branch's raw prediction (:func:`~.base.guided`)."""
         x = latent.unsqueeze(0).to(self.device, self.dtype)  # [C, L, h, w] -> [1, C, L, h, w]
         pt, ph, pw = self.transformer.config.patch_size
         self.ctx.grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
@@ -249,14 +251,8 @@ class WanAdapter(ModelAdapter):
         if self.boundary is not None and float(t.max()) < self.boundary:
             model = self.experts[1]  # low-noise expert (guidance_scale_2 defaults to guidance_scale)
         self.ctx.role, self.ctx.anchor_key = role, anchor_key
-        self.ctx.branch = "cond"
-        out = model(hidden_states=x, timestep=timestep,
-                    encoder_hidden_states=cond.prompt_embeds, return_dict=False)[0]
-        if cond.negative_embeds is not None:
-            self.ctx.branch = "uncond"
-            uncond = model(hidden_states=x, timestep=timestep,
-                           encoder_hidden_states=cond.negative_embeds, return_dict=False)[0]
-            out = uncond + cond.guidance * (out - uncond)
+        out = guided(lambda embeds: model(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds,
+                                          return_dict=False)[0], cond, self.ctx, branch)
         return out[0].float()
 
     # -- causal rollout (rolling KV cache) ----------------------------------------------
