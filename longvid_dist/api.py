@@ -148,8 +148,14 @@ def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
         from .models.registry import adapter_class
         from .runtime.ray_executor import check_sequence_parallel
 
+        recipe = get_recipe(spec.recipe)
         for mode, degree in (("ulysses", parallel.ulysses_degree), ("ring", parallel.ring_degree)):
-            for a in get_recipe(spec.recipe).attention_patches():
+            plan = registry.get("plan", recipe.plan.kind)
+            if degree > 1 and mode not in plan.sp_modes:
+                raise SpecError(f"{mode}_degree", f"plan {recipe.plan.kind} does not run under {mode} sequence "
+                                                  f"parallelism (it supports: {', '.join(plan.sp_modes) or 'none'}); "
+                                                  f"use --workers without --{mode}-degree")
+            for a in recipe.attention_patches():
                 if degree > 1 and mode not in registry.get("attention", a.kind).sp_modes:
                     raise SpecError(f"{mode}_degree", f"attention {a.kind} is not correct under {mode} sequence "
                                                       f"parallelism (it supports: "

@@ -83,6 +83,6 @@ register("plan", "causal", causal_plan, {
     "sink_frames": Param((int,), 0, "an integer >= 0 (latent frames never evicted: the attention sink)",
                          lambda v: v >= 0),
 }, requires=("per_frame_timesteps", "attention_patches", "temporal_rope", "kv_cache_rollout"), check=_check,
-         chunked=True)
+         chunked=True, sp_modes=())  # one block at a time against one replica's KV cache: nothing to split
 
 

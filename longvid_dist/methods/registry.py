@@ -95,8 +95,8 @@ class Kind:
     """``resolve(params, geometry) -> params`` with defaults that depend on the model or the
     video filled in (see :func:`resolve`); None: the parameters are used as given."""
     sp_modes: tuple[str, ...] = ("ulysses", "ring")
-    """Attention kinds only: sequence-parallel modes the patch is correct under (a layout using
-    another is refused before the render starts)."""
+    """Attention and plan kinds: sequence-parallel modes the patch or plan is correct under (a
+    layout using another is refused before the render starts; causal rollout: none)."""
     check_video: Callable[[dict, "Geometry"], str | None] | None = None
     """``check_video(resolved params, geometry) -> message or None``: a conflict with the video
     itself (its length, the model's clip), checked when a render is specified."""

@@ -40,6 +40,9 @@ class Window:
     causal_block: int | None = None
     """Block-causal self-attention in blocks of this many latent frames (diffusion forcing);
     None: the family's plain attention (families without the mask never see it)."""
+    branch: str | None = None
+    """One classifier-free-guidance branch alone (``cond`` or ``uncond``): set by an executor
+    that runs the two branches on separate workers and combines them itself; None: guided."""
 
     def __len__(self) -> int:
         return len(self.frames)

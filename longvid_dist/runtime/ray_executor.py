@@ -175,6 +175,9 @@ class RayExecutor(Executor):
         from ..models.registry import FAMILIES, adapter_class
 
         adapter_cls = adapter_class(FAMILIES[family])
+        self.split_guidance = "split_guidance" in FAMILIES[family].capabilities
+        """Whether the family's guidance branches can run on separate workers (see :meth:`predict`)."""
+        self.guidance = 1.0
         check_sequence_parallel(FAMILIES[family], adapter_cls, source, parallel)  # before any actor starts
         # The coordinator holds the fp32 latent on CPU and never loads weights.
         self.space = adapter_cls.latent_space.from_source(source)
@@ -302,6 +305,7 @@ class RayExecutor(Executor):
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
         # A new render: its metrics start afresh (the executor may be reused across videos).
         self.metrics, self.busy, self.restarts = [], [0.0] * len(self.workers), 0
+        self.guidance = guidance
         # One worker encodes; the result stays in the object store and is passed by reference.
         args = (prompts, guidance)
         ref = self._submit(0, "encode", args)
@@ -313,6 +317,23 @@ class RayExecutor(Executor):
         self.patches = patches  # sent with every call, so a restarted actor gets them too
 
     def predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
+        """Each window's guided prediction. With fewer windows than worker groups (a diffusion-
+        forcing segment, a single window) the two guidance branches of each run on separate
+        groups and are combined here, in the model's dtype, as the worker would: bit for bit the
+        same prediction in about half the time."""
+        if not (self.split_guidance and self.guidance > 1.0 and len(windows) < len(self.groups)
+                and all(w.role == "plain" for w in windows)):
+            return self._predict(latent, windows)
+        from dataclasses import replace
+
+        from ..models.base import BRANCHES, combine_guidance
+
+        preds = self._predict(latent, [replace(w, branch=b) for w in windows for b in BRANCHES])
+        dtype = getattr(torch, self.dtype)
+        return [combine_guidance(c.to(dtype), u.to(dtype), self.guidance).float()
+                for c, u in zip(preds[0::2], preds[1::2])]
+
+    def _predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         """Each group's windows on its head worker. The latent goes into the object store once
         per step (``ray.put``): workers on a node map that one copy read-only, zero-copy, and
         each slices the frames its windows read; a node without it pulls it once for all its
@@ -376,16 +397,19 @@ class RayExecutor(Executor):
         group_of = {g[0]: g for g in self.groups}
         while True:
             epoch = self.epoch
-            refs, heads = [], []
+            refs, heads, members = [], [], []
             for k, m, args in calls:
                 args = (*args[:-1], epoch)
                 heads.append(len(refs))
+                members += [r for r in group_of[k] if r != k]
                 refs += [self._submit(r, m, (*args, r == k)) for r in group_of[k]]
             try:
                 pending = list(refs)
                 while pending:  # the first failure ends the wait: other members may be blocked on it
                     done, pending = ray.wait(pending, num_returns=1)
                     ray.get(done[0])
+                for r, i in zip(members, sorted(set(range(len(refs))) - set(heads))):
+                    self.busy[r] += ray.get(refs[i])[1]  # the members' share (the head's is counted by the caller)
                 return [ray.get(refs[i]) for i in heads]
             except (RayActorError, RayTaskError) as e:
                 self._reform_world(f"{type(e).__name__}")

@@ -200,6 +200,8 @@ class Worker:
         for idx, w, keep in items:
             anchor = w.anchor if w.role == "follow" else w.frames
             extra = {"causal_block": w.causal_block} if (w.causal_block or 1) > 1 else {}  # block-causal mask
+            if w.branch is not None:  # one guidance branch; the coordinator combines them
+                extra["branch"] = w.branch
             p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), self._cond(w.cond),
                                 role=w.role, anchor_key=anchor, **extra)
             if keep and reply:
