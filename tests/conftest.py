@@ -41,3 +41,19 @@ def tiny_adapter(tiny_path):
     from longvid_dist.models.wan import WanAdapter
 
     return WanAdapter.load(tiny_path)
+
+
+@pytest.fixture(scope="session")
+def df_path() -> str:
+    """Folder of the built-in tiny SkyReels-V2 diffusion-forcing pipeline."""
+    from longvid_dist.models.tiny import tiny_model_path
+
+    return str(tiny_model_path("tiny-skyreels-df"))
+
+
+@pytest.fixture(scope="session")
+def df_adapter(df_path):
+    """The tiny SkyReels-V2 DF model through the library's adapter (CPU, float32)."""
+    from longvid_dist.models.skyreels import SkyReelsDFAdapter
+
+    return SkyReelsDFAdapter.load(df_path)

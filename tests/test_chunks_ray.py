@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,8 @@ from longvid_dist.runtime.executor import LocalExecutor
 from longvid_dist.runtime.ray_executor import RayExecutor, connect, shutdown
 from longvid_dist.sampling.chunks import denoise_forcing
 
+from .test_ray import _cli, kill_after_checkpoint
+
 pytestmark = pytest.mark.ray
 
 PROMPT, NEGATIVE, SEED, GUIDANCE = "a red car drives in the city at night", "blurry low quality", 1234, 5.0
@@ -41,20 +40,6 @@ def ray_local():
     assert connect(None, quiet=True) == "local"
     yield
     shutdown()
-
-
-@pytest.fixture(scope="module")
-def df_path():
-    from longvid_dist.models.tiny import tiny_model_path
-
-    return str(tiny_model_path("tiny-skyreels-df"))
-
-
-@pytest.fixture(scope="module")
-def df_adapter(df_path):
-    from longvid_dist.models.skyreels import SkyReelsDFAdapter
-
-    return SkyReelsDFAdapter.load(df_path)
 
 
 def _forcing(executor, frames: int = 61, steps: int = 4) -> torch.Tensor:
@@ -141,11 +126,6 @@ def test_worker_killed_mid_chunk_gives_identical_video(tmp_path, df_adapter, df_
     assert torch.equal(got, ref)
 
 
-def _cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "longvid_dist.cli", "render", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_killed_forcing_render_resumes_from_its_last_chunk(tmp_path):
     """A DF render killed (SIGKILL) after its first finished segment resumes from that segment's
     checkpoint (``--resume``) and writes the same video as an uninterrupted render."""
@@ -160,15 +140,7 @@ def test_killed_forcing_render_resumes_from_its_last_chunk(tmp_path):
     assert p.wait(timeout=300) == 0, p.stderr.read()
 
     out = tmp_path / "run.mkv"
-    ckpt = Path(checkpoint.checkpoint_path(str(out)))
-    p = _cli(*common, "--out", str(out), "--checkpoint-every", "1")
-    deadline = time.time() + 240
-    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "render finished before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    assert not out.exists()
+    ckpt = kill_after_checkpoint([*common, "--checkpoint-every", "1"], out)
     spec = RenderSpec(prompt=PROMPT, negative_prompt=NEGATIVE, model="tiny-skyreels-df", recipe=str(recipe),
                       frames=121, height=32, width=32, steps=12, seed=5, out=str(out))
     chunk = checkpoint.load(str(ckpt), spec)["next_step"]

@@ -28,20 +28,6 @@ MODES = {
 }
 
 
-@pytest.fixture(scope="module")
-def df_path():
-    from longvid_dist.models.tiny import tiny_model_path
-
-    return str(tiny_model_path("tiny-skyreels-df"))
-
-
-@pytest.fixture(scope="module")
-def df_adapter(df_path):
-    from longvid_dist.models.skyreels import SkyReelsDFAdapter
-
-    return SkyReelsDFAdapter.load(df_path)
-
-
 def stock_latent(path: str, frames: int, mode: dict) -> torch.Tensor:
     """The stock pipeline's latent; the global generator is seeded with the seed right before
     the call (the prefix noise of long/async mode comes from it). Reloaded per call: a

@@ -214,15 +214,11 @@ def _cli(*args, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def test_killed_render_resumes_to_identical_video(tmp_path):
-    common = ["--prompt", "a red car", "--frames", "81", "--steps", "40", "--recipe", "glc", "--quiet"]
-    ref = tmp_path / "ref.mkv"
-    p = _cli(*common, "--out", str(ref), "--checkpoint-every", "0")
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-
-    out = tmp_path / "run.mkv"
+def kill_after_checkpoint(args: list[str], out: Path) -> Path:
+    """Start ``longvid render *args --out out``, SIGKILL it as soon as its first checkpoint is
+    on disk, check it left no video behind; returns the checkpoint's path."""
     ckpt = Path(checkpoint.checkpoint_path(str(out)))
-    p = _cli(*common, "--out", str(out), "--checkpoint-every", "3")
+    p = _cli(*args, "--out", str(out))
     deadline = time.time() + 240
     while not ckpt.exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -230,6 +226,17 @@ def test_killed_render_resumes_to_identical_video(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not out.exists()
+    return ckpt
+
+
+def test_killed_render_resumes_to_identical_video(tmp_path):
+    common = ["--prompt", "a red car", "--frames", "81", "--steps", "40", "--recipe", "glc", "--quiet"]
+    ref = tmp_path / "ref.mkv"
+    p = _cli(*common, "--out", str(ref), "--checkpoint-every", "0")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+
+    out = tmp_path / "run.mkv"
+    ckpt = kill_after_checkpoint([*common, "--checkpoint-every", "3"], out)
     step = checkpoint.load(str(ckpt), _spec(tmp_path, "run.mkv", prompt="a red car", negative_prompt="",
                                             frames=81, steps=40))["next_step"]
     assert 0 < step < 40
