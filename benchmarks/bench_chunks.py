@@ -12,7 +12,8 @@ on) is denoised -- decode excluded, see ``bench_decode.py`` -- by:
 - ``ray 2 cfg``: two Ray workers, each segment's two guidance branches on separate workers;
 - ``ray 2 U2``: two Ray workers as one Ulysses group, each forward's tokens split over the pair.
 
-Prints seconds of compute per generated second of video (SkyReels' 24 fps) for each, and the
+All four are set up and warmed first, then timed in interleaved rounds (medians). Prints
+seconds of compute per generated second of video (SkyReels' 24 fps) for each, and the
 speed-up over ``ray 1`` next to the machine's measured capacity for two CPU-bound processes
 (two matmul loops at once vs one), which bounds what 2 workers can gain on this box. Each
 configuration's latent is checked against the local one (max abs difference; the guidance
@@ -89,34 +90,36 @@ def main(argv=None) -> int:
           f"{a.steps} steps, plan {PLAN}; cpu_count {os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:
         path = _model(a.dim, os.path.join(tmp, "df"))
-        connect(None, quiet=True, num_cpus=2)
-        results: dict[str, tuple[float, float]] = {}
-        ref = None
+        connect(None, quiet=True, num_cpus=5)  # logical CPUs: the 5 workers below idle between their turns
+        configs = {"local": None, "ray 1": ParallelConfig(workers=1), "ray 2 cfg": ParallelConfig(workers=2),
+                   "ray 2 U2": ParallelConfig(workers=2, ulysses_degree=2)}
+        executors = {}
         try:
-            configs = {"local": None, "ray 1": ParallelConfig(workers=1), "ray 2 cfg": ParallelConfig(workers=2),
-                       "ray 2 U2": ParallelConfig(workers=2, ulysses_degree=2)}
             for name, par in configs.items():
-                ex = LocalExecutor(SkyReelsDFAdapter.load(path)) if par is None else RayExecutor("skyreels-df", path,
-                                                                                                  par)
-                try:
-                    _denoise(ex, a)  # warm-up: model load, first-call costs
-                    runs = [_denoise(ex, a) for _ in range(a.repeats)]
-                finally:
-                    if par is not None:
-                        ex.close()
-                t = statistics.median(r[0] for r in runs)
-                latent = runs[0][1]
-                ref = latent if ref is None else ref
-                results[name] = (t, float((latent - ref).abs().max()))
-                print(f"  {name:10s} {t:7.2f} s  = {t / seconds:6.2f} s per generated second  "
-                      f"(max |latent - local| {results[name][1]:.1e})", flush=True)
+                executors[name] = (LocalExecutor(SkyReelsDFAdapter.load(path)) if par is None
+                                   else RayExecutor("skyreels-df", path, par))
+                _denoise(executors[name], a)  # warm-up: model load, first-call costs
+            times: dict[str, list[float]] = {name: [] for name in configs}
+            latents = {}
+            for _ in range(a.repeats):  # interleaved: every configuration once per round
+                for name, ex in executors.items():
+                    t, latents[name] = _denoise(ex, a)
+                    times[name].append(t)
         finally:
+            for name, ex in executors.items():
+                if configs[name] is not None:
+                    ex.close()
             shutdown()
+    results = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, t in results.items():
+        err = float((latents[name] - latents["local"]).abs().max())
+        print(f"  {name:10s} {t:7.2f} s  = {t / seconds:6.2f} s per generated second  "
+              f"(max |latent - local| {err:.1e})")
     cap = _capacity()
-    base = results["ray 1"][0]
-    print(f"\nspeed-up over ray 1: ray 2 cfg {base / results['ray 2 cfg'][0]:.2f}x, "
-          f"ray 2 U2 {base / results['ray 2 U2'][0]:.2f}x; this box's 2-process capacity {cap:.2f}x; "
-          f"ray 1 / local {base / results['local'][0]:.2f}x")
+    base = results["ray 1"]
+    print(f"\nspeed-up over ray 1: ray 2 cfg {base / results['ray 2 cfg']:.2f}x, "
+          f"ray 2 U2 {base / results['ray 2 U2']:.2f}x; this box's 2-process capacity {cap:.2f}x; "
+          f"ray 1 / local {base / results['local']:.2f}x")
     return 0
 
 

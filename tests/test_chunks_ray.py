@@ -162,3 +162,33 @@ def test_causal_rollout_under_sequence_parallelism_is_refused(tmp_path):
     lines = p.stderr.read().strip().splitlines()
     assert len(lines) == 1 and "--ulysses-degree" in lines[0] and "causal" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_causal_rollout_branches_on_two_workers_survive_a_kill(tmp_path, tiny_adapter, tiny_path, ray_local):
+    """Causal rollout with guidance on two workers: each keeps the KV cache of its guidance
+    branch. The video equals the local one, also when the uncond worker is SIGKILLed mid-rollout
+    (its cache is re-written on both workers from the finished blocks)."""
+    kw = dict(prompt="a cat", negative_prompt="blurry", recipe="flex", frames=49, height=32, width=32, seed=3,
+              guidance=4.0)
+    ref = RenderSpec(**kw, out=str(tmp_path / "ref.mkv"))
+    render(ref, executor=LocalExecutor(tiny_adapter), progress=False)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
+    calls = [0]
+    real = ex.predict_block
+    victim = ex.worker_pids()[1]
+
+    def counting(*a, **k):  # kill the uncond worker once, in the third block
+        calls[0] += 1
+        if calls[0] == 2 * 5 + 3:
+            os.kill(victim, signal.SIGKILL)
+        return real(*a, **k)
+
+    ex.predict_block = counting
+    spec = RenderSpec(**kw, out=str(tmp_path / "killed.mkv"))
+    try:
+        render(spec, executor=ex, progress=False)
+        busy = [w["busy"] for w in ex.report()["workers"]]
+    finally:
+        ex.close()
+    assert calls[0] > 2 * 5 + 3 and ex.restarts >= 1 and min(busy) > 0
+    assert np.array_equal(read_frames(spec.out), read_frames(ref.out))

@@ -257,23 +257,27 @@ class WanAdapter(ModelAdapter):
 
     # -- causal rollout (rolling KV cache) ----------------------------------------------
     def predict_block(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, cache_id: str, offset: int,
-                      write: bool, sink: int, window: int) -> torch.Tensor:
+                      write: bool, sink: int, window: int, branch: str | None = None) -> torch.Tensor:
         """Guided prediction of one causal block ``[C, B, h, w]`` starting at latent frame
         ``offset``, attending to the rolling KV cache ``cache_id`` (created empty at offset 0);
-        ``write`` appends the block's keys/values (the clean re-run at the context noise)."""
+        ``write`` appends the block's keys/values (the clean re-run at the context noise); the
+        write of block 0 starts the cache afresh (a coordinator re-writing a lost cache re-writes
+        it on every replica). ``branch``: one guidance branch alone (its cache entries only)."""
         from .kvcache import KVCache
 
         if cache_id not in self.caches:
             if offset > 0:  # a later block needs the earlier ones' keys/values: this replica lost them
                 raise LookupError(f"KV cache {cache_id} is not on this replica (restarted?); re-write it from frame 0")
             self.caches.clear()  # one rollout at a time per replica
+        if offset == 0 and write:
+            self.caches[cache_id] = KVCache(sink, window)
         cache = self.caches.setdefault(cache_id, KVCache(sink, window))
         cache.offset, cache.write = offset, write
         for model in self.experts:
             for i, block in enumerate(model.blocks):
                 block.attn1.set_processor(_PatchedSelfAttention(cache, self.ctx, i, None))
         try:
-            return self.predict(latent, t, cond)
+            return self.predict(latent, t, cond, branch=branch)
         finally:
             key, self.patch_key = self.patch_key, None
             self.install(*self._installed, key=key)  # the render's own processors back

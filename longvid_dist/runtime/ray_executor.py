@@ -30,6 +30,7 @@ import torch
 
 from ..config import ParallelConfig, resolve_dtype
 from ..methods.windows import Window
+from ..models.base import BRANCHES, combine_guidance
 from .executor import CacheLost, Executor
 from .worker import Worker, as_tensor
 
@@ -326,12 +327,8 @@ class RayExecutor(Executor):
             return self._predict(latent, windows)
         from dataclasses import replace
 
-        from ..models.base import BRANCHES, combine_guidance
-
         preds = self._predict(latent, [replace(w, branch=b) for w in windows for b in BRANCHES])
-        dtype = getattr(torch, self.dtype)
-        return [combine_guidance(c.to(dtype), u.to(dtype), self.guidance).float()
-                for c, u in zip(preds[0::2], preds[1::2])]
+        return [self._combine(c, u) for c, u in zip(preds[0::2], preds[1::2])]
 
     def _predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         """Each group's windows on its head worker. The latent goes into the object store once
@@ -374,19 +371,33 @@ class RayExecutor(Executor):
         return preds
 
     def predict_block(self, block, t, cache_id, offset, write, sink, window, cond="main"):
-        """Causal rollout: every block on the first worker, which holds the KV cache (keys and
-        values only flow forward, so the blocks of one video cannot run side by side). A
-        restarted worker has lost the cache: :class:`CacheLost` tells the rollout to re-write it."""
+        """Causal rollout: the blocks of a video run one after another (keys and values only flow
+        forward), each against the KV cache its worker holds: on the first worker, or with
+        guidance and two groups, each guidance branch on its own group's head, which holds that
+        branch's cache, combined here as in :meth:`predict`. A restarted worker has lost its cache:
+        :class:`CacheLost` tells the rollout to re-write it."""
         args = (self.version, self.cond_ref, self.patches, block.numpy(), t, cache_id, offset, write, sink, window,
                 cond)
+        split = self.split_guidance and self.guidance > 1.0 and len(self.groups) >= 2
+        calls = ([(self.groups[i][0], "predict_block", (*args, b)) for i, b in enumerate(BRANCHES)] if split
+                 else [(self.groups[0][0], "predict_block", args)])
         try:
-            p, busy = self._run_all([(self.groups[0][0], "predict_block", args)], "predict")[0]
+            results = self._run_all(calls, "predict")
         except RayTaskError as e:
             if isinstance(e.cause, LookupError):
                 raise CacheLost(str(e.cause)) from None
             raise
-        self.busy[self.groups[0][0]] += busy
-        return as_tensor(p)
+        for (k, _, _), (_, busy) in zip(calls, results):
+            self.busy[k] += busy
+        if not split:
+            return as_tensor(results[0][0])
+        return self._combine(as_tensor(results[0][0]), as_tensor(results[1][0]))
+
+    def _combine(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The guided prediction from its two branches, computed in the model's dtype as a
+        worker computes it (:func:`~longvid_dist.models.base.guided`), so bit for bit the same."""
+        dtype = getattr(torch, self.dtype)
+        return combine_guidance(cond.to(dtype), uncond.to(dtype), self.guidance).float()
 
     def _run_predict(self, calls: list[tuple[int, str, tuple]]) -> list:
         """One step's predict calls (one per group). Without sequence parallelism each is

@@ -212,16 +212,17 @@ class Worker:
 
     def predict_block(self, version: str, conds: dict[str, dict], patches: dict | None, block: np.ndarray,
                       t: float, cache_id: str, offset: int, write: bool, sink: int,
-                      window: int, cond: str = "main") -> tuple[np.ndarray, float]:
+                      window: int, cond: str = "main", branch: str | None = None) -> tuple[np.ndarray, float]:
         """Guided prediction of one causal block ``[C, B, h, w]`` at timestep ``t`` against this
-        replica's rolling KV cache ``cache_id`` (causal rollout); returns it and the busy seconds.
+        replica's rolling KV cache ``cache_id`` (causal rollout; ``branch``: one guidance branch
+        alone, see :meth:`predict`); returns it and the busy seconds.
         A restarted replica has lost its cache: the coordinator re-writes it (``cache_frames``)."""
         t0 = time.perf_counter()
         adapter = self.load()
         self.install(patches)
         self._conditions(version, conds)
         p = adapter.predict_block(as_tensor(block), torch.tensor(t, dtype=torch.float32), self._cond(cond), cache_id,
-                                  offset, write, sink, window)
+                                  offset, write, sink, window, branch)
         busy = time.perf_counter() - t0
         self.busy += busy
         return p.cpu().numpy(), busy
