@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
+from . import registry
 from .lse_attention import banded_attention
 from .noise import lowpass_filter
 from .registry import CUTOFF, INT_OR_NULL, LAYERS, NUM, Param, num_range, register
@@ -27,7 +28,8 @@ class ABAM(AttentionPatch):
     The first window of a path is its anchor; in every other window of that path,
     self-attention uses ``K = lam * K_orig + (1 - lam) * K_anchor`` and ``V`` likewise,
     frame-aligned (token t of the window mixes with token t of the anchor). The paper's
-    appendix default is lam = 0.1. lam = 1 is exactly plain attention.
+    appendix default is lam = 0.1. lam = 1 is exactly plain attention. The model's own mask
+    (``ctx.mask``) applies to the mixed keys as to the window's own.
     """
 
     lam: float = 0.1
@@ -45,7 +47,7 @@ class ABAM(AttentionPatch):
             k, v = k.clone(), v.clone()
             k[:, :n] = self.lam * k[:, :n] + (1 - self.lam) * ka[:, :n]
             v[:, :n] = self.lam * v[:, :n] + (1 - self.lam) * va[:, :n]
-        return sdpa(q, k, v)
+        return sdpa(q, k, v, ctx.mask)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class SpectralBlend(AttentionPatch):
     name = "freelong"
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+        refuse_mask(self, ctx)
         f, h, w = ctx.grid
         g = sdpa(q, k, v)
         if f <= self.band + 1:  # the band covers the window: both branches are the same
@@ -123,9 +126,23 @@ class LayerDispatch(AttentionPatch):
         return self.by_layer[ctx.layer].attend(q, k, v, ctx)
 
 
+def refuse_mask(patch: AttentionPatch, ctx: AttnContext) -> None:
+    """Raise when a patch that cannot honour the model's own mask (``mask_refusal``) gets one
+    (recipes refuse the combination first; this guards direct use)."""
+    if ctx.mask is not None:
+        raise ValueError(f"attention {patch.name} cannot honour the model's attention mask "
+                         f"({registry.get('attention', patch.name).mask_refusal})")
+
+
+SPECTRAL_MIX = ("its fusion mixes every frame's output into every other's (FFT over frames, SVD over tokens), "
+                "so earlier blocks would see later ones")
+"""Why FreeLong and FreeSpec refuse a block-causal mask (``mask_refusal``)."""
+
+
 def _abam_check(recipe, section) -> str | None:
-    if recipe.plan.kind == "direct":
-        return "attention abam needs several windows (plan sliding or glc), plan is direct"
+    kind = recipe.plan.kind
+    if kind == "direct" or registry.get("plan", kind).chunked:  # chunks have no anchor windows
+        return f"attention abam needs several windows (plan sliding or glc), plan is {kind}"
     return None
 
 
@@ -152,4 +169,4 @@ def resolve_band(params: dict, geometry) -> dict:
 
 register("attention", "freelong", lambda params, model_info: SpectralBlend(**params),
          {"band": BAND, "d_s": CUTOFF, "d_t": CUTOFF, "layers": LAYERS},
-         requires=("attention_patches",), resolve=resolve_band)
+         requires=("attention_patches",), resolve=resolve_band, mask_refusal=SPECTRAL_MIX)

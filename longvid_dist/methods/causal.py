@@ -5,8 +5,9 @@ Huang et al. 2025, "Self Forcing: Bridging the Train-Test Gap in Autoregressive 
 Diffusion", §3 (few-step block denoising: x0 prediction re-noised to the next timestep; the
 clean block re-run to write its keys/values into a rolling cache) and Yang et al. 2025,
 "LongLive: Real-time Interactive Long Video Generation", §3 (a local attention window plus
-sink frames that are never evicted). FLEX (Wang et al. 2025, "FLEX: ... training-free ...
-long video") adds an inference-only sink on top of such a model (``sink_frames``).
+sink frames that are never evicted). FLEX (Li et al., "Train Short, Inference Long: Training-free
+Horizon Extension for Autoregressive Video Generation", "Inference-only Attention Sink") adds an
+inference-only sink on top of such a model (``sink_frames``).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.hooks import AttentionPatch, AttnContext, sdpa
+from ..models.hooks import AttentionPatch, AttnContext, sdpa, token_mask
 from .lse_attention import Rotate, compiled_flex_attention, frame_sparse_attention
 from .registry import INT_OR_NULL, LAYERS, Param, register
 
@@ -277,24 +277,25 @@ def vrpr_is_monotone(frames: int, p: VRPRParams) -> bool:
 # VRPR
 # --------------------------------------------------------------------------------------
 
-def _plain_rotated(q, k, v, grid, rotate: Rotate) -> torch.Tensor:
+def _plain_rotated(q, k, v, grid, rotate: Rotate, frame_mask=None) -> torch.Tensor:
     pos = torch.arange(grid[0], device=q.device)
-    return sdpa(rotate(q, pos), rotate(k, pos), v)
+    return sdpa(rotate(q, pos), rotate(k, pos), v, token_mask(frame_mask, grid[1] * grid[2]))
 
 
 def vrpr_attention(q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor, grid, rotate: Rotate,
-                   p: VRPRParams) -> torch.Tensor:
+                   p: VRPRParams, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention with VRPR-re-encoded temporal positions (full attention otherwise).
 
     ``q_raw``/``k_raw`` are unrotated; for each band (:data:`BANDS`) q and k are rotated with
     the band's positions (:func:`band_positions`), each query frame attends to the key frames
     of that band (one contiguous range, no mask), and the five partial attentions are merged
     by log-sum-exp -- exactly one softmax over all keys with per-pair positions. When every
-    pair is in the exact band it is plain attention with positions ``arange(F)``.
+    pair is in the exact band it is plain attention with positions ``arange(F)``. ``frame_mask``
+    ``[F, F]``: the model's own mask (block-causal), applied on top.
     """
     f = grid[0]
     if p.is_identity(f):
-        return _plain_rotated(q_raw, k_raw, v, grid, rotate)
+        return _plain_rotated(q_raw, k_raw, v, grid, rotate, frame_mask)
     pos = band_positions(f, p)
 
     def plan_for(band):
@@ -303,7 +304,8 @@ def vrpr_attention(q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor, gr
             return (list(range(lo, hi + 1)), [])
         return plan
 
-    return frame_sparse_attention(q_raw, k_raw, v, grid, [(*pos[bd], plan_for(bd)) for bd in BANDS], rotate)
+    return frame_sparse_attention(q_raw, k_raw, v, grid, [(*pos[bd], plan_for(bd)) for bd in BANDS], rotate,
+                                  frame_mask=frame_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,18 +367,19 @@ def _tsa_plan(i: int, frames: int, D1: int, D2: int) -> tuple[list[int], list[in
 
 
 def tsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, D1: int = 8, D2: int = 24,
-                  Ds: int | None = None) -> torch.Tensor:
+                  Ds: int | None = None, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """TSA on (already rotated) q/k, one query frame at a time, no ``S x S`` mask.
 
     Per query frame: the dense frames within ``D1`` and the sink frame 0 (once, when it is
     within ``D1``) in one fused call, the striped frames in query chunks that gather only the
     key tokens within ``Ds`` (a small mask), merged by log-sum-exp. Equals dense attention
-    masked by :func:`tsa_mask`.
+    masked by :func:`tsa_mask` (and by ``frame_mask`` ``[F, F]``, the model's own mask, if given).
     """
     f = grid[0]
     ds = _resolve_ds(grid, D1, D2, Ds)
     pos = torch.arange(f)
-    return frame_sparse_attention(q, k, v, grid, [(pos, pos, lambda i: _tsa_plan(i, f, D1, D2))], None, ds)
+    return frame_sparse_attention(q, k, v, grid, [(pos, pos, lambda i: _tsa_plan(i, f, D1, D2))], None, ds,
+                                  frame_mask)
 
 
 @functools.lru_cache(maxsize=32)
@@ -451,11 +454,13 @@ def tsa_density(grid, D1: int = 8, D2: int = 24, Ds: int | None = None) -> dict[
 # --------------------------------------------------------------------------------------
 
 def vrpr_tsa_attention(q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor, grid, rotate: Rotate,
-                       p: VRPRParams, D1: int = 8, D2: int = 24, Ds: int | None = None) -> torch.Tensor:
+                       p: VRPRParams, D1: int = 8, D2: int = 24, Ds: int | None = None,
+                       frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """TSA's visible keys with VRPR positions: for each query frame, the TSA-visible key frames
     (dense, striped, sink) are split by VRPR band; each band rotates q/k with its positions;
     the parts are merged by log-sum-exp. Equals one softmax over the :func:`tsa_mask`-visible
-    keys with per-pair scores ``<rot(q_i, q_pos(i, j)), rot(k_j, k_pos(i, j))>``."""
+    keys with per-pair scores ``<rot(q_i, q_pos(i, j)), rot(k_j, k_pos(i, j))>`` (of those, the
+    ones ``frame_mask`` ``[F, F]``, the model's own mask, lets through)."""
     f = grid[0]
     ds = _resolve_ds(grid, D1, D2, Ds)
     pos = band_positions(f, p)
@@ -469,7 +474,7 @@ def vrpr_tsa_attention(q_raw: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor
         return plan
 
     bands = [(*pos[bd], plan_for(bd)) for bd in BANDS]
-    return frame_sparse_attention(q_raw, k_raw, v, grid, bands, rotate, ds)
+    return frame_sparse_attention(q_raw, k_raw, v, grid, bands, rotate, ds, frame_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -502,7 +507,8 @@ class FreeLOC(AttentionPatch):
     (also ``tsa``/``none``); a layer not in the profile gets plain attention with standard
     positions (rotated here with ``arange(F)``, since the adapter hands this patch raw q/k).
     ``profile`` keys may be strings (as in a probe JSON). ``params`` None: :func:`vrpr_params`
-    of the window length."""
+    of the window length. The model's own mask (``ctx.mask``: diffusion forcing's block-causal
+    one) hides key frames on top of every mode's own sparsity."""
 
     profile: dict = field(default_factory=lambda: dict(WAN21_13B_PROFILE))
     """layer -> mode (:data:`MODES`)."""
@@ -530,15 +536,16 @@ class FreeLOC(AttentionPatch):
         mode = self.profile.get(ctx.layer, "none")
         f = ctx.grid[0]
         p = self.params or vrpr_params(f)
+        fm = ctx.frame_mask()
         if mode == "vrpr":
-            return vrpr_attention(q, k, v, ctx.grid, rotate, p)
+            return vrpr_attention(q, k, v, ctx.grid, rotate, p, fm)
         if mode == "vrpr+tsa":
-            return vrpr_tsa_attention(q, k, v, ctx.grid, rotate, p, self.D1, self.D2, self.Ds)
+            return vrpr_tsa_attention(q, k, v, ctx.grid, rotate, p, self.D1, self.D2, self.Ds, fm)
         pos = torch.arange(f, device=q.device)
         qr, kr = rotate(q, pos), rotate(k, pos)
         if mode == "tsa":
-            return tsa_attention(qr, kr, v, ctx.grid, self.D1, self.D2, self.Ds)
-        return sdpa(qr, kr, v)
+            return tsa_attention(qr, kr, v, ctx.grid, self.D1, self.D2, self.Ds, fm)
+        return sdpa(qr, kr, v, ctx.mask)
 
 
 # --------------------------------------------------------------------------------------

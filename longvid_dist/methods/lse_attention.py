@@ -93,11 +93,14 @@ def _frame_attention_with_lse(qi, kf, vf, full: list[int], striped: list[int], d
     return lse_merge([o for o, _ in parts], [x for _, x in parts], return_lse=True)
 
 
-def frame_sparse_attention(q, k, v, grid, bands, rotate: Rotate | None, ds: int = 0) -> torch.Tensor:
+def frame_sparse_attention(q, k, v, grid, bands, rotate: Rotate | None, ds: int = 0,
+                           frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over bands (exactly, by LSE) of per-query-frame attentions.
 
     ``bands``: list of ``(q_pos, k_pos, plan)``; ``plan(i) -> (full frames, striped frames)``
     for query frame i. q/k are rotated with the band's positions (``rotate`` None: as given).
+    ``frame_mask`` ``[F, F]`` (the model's own mask, e.g. block-causal: ``AttnContext.frame_mask``)
+    further hides key frame j from query frame i where it is False.
     """
     f, hh, ww = grid
     tpf = hh * ww
@@ -106,8 +109,12 @@ def frame_sparse_attention(q, k, v, grid, bands, rotate: Rotate | None, ds: int 
         raise ValueError(f"sequence length {s} does not match grid {tuple(grid)}")
     cdt = compute_dtype(q.dtype)
     acc = None
+    visible = None if frame_mask is None else [set(torch.nonzero(row).flatten().tolist()) for row in frame_mask]
     for q_pos, k_pos, plan in bands:
         plans = [plan(i) for i in range(f)]
+        if visible is not None:
+            plans = [([j for j in fl if j in visible[i]], [j for j in st if j in visible[i]])
+                     for i, (fl, st) in enumerate(plans)]
         if not any(fl or st for fl, st in plans):
             continue
         qr = rotate(q, q_pos.to(q.device)) if rotate is not None else q

@@ -143,7 +143,8 @@ def glc_reinit_noise(generator: torch.Generator, shape: Sequence[int], window: i
 
 
 def antiphase_noise(generator: torch.Generator, shape: Sequence[int], rho: float = -0.3) -> torch.Tensor:
-    """FLEX antiphase noise sampling (paper 002, Eq. of Prop. 3.1): along the frame axis
+    """FLEX antiphase noise sampling (Li et al., "Train Short, Inference Long: Training-free Horizon
+    Extension for Autoregressive Video Generation", Prop. 3.1): along the frame axis
     ``z_0 = e_0``, ``z_u = rho * z_{u-1} + sqrt(1 - rho^2) * e_u`` with ``e`` i.i.d. N(0, I).
 
     Each frame is N(0, I) and ``Cov(z_u, z_v) = rho^|u-v| I``. The AR(1) recursion is valid

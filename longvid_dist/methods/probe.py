@@ -36,7 +36,8 @@ PUBLISHED_TSA_FRACTION = 17 / 30
 
 @dataclass
 class LayerProbe(AttentionPatch):
-    """Stock attention that also records the probing metrics of each layer (cond branch)."""
+    """Stock attention (under the model's own mask, if any) that also records the probing
+    metrics of each layer (cond branch; the metrics are measured on unmasked logits)."""
 
     queries: int = 256
     """Query tokens sampled per layer (seeded)."""
@@ -56,7 +57,7 @@ class LayerProbe(AttentionPatch):
         qr, kr = ctx.rotate(q, pos), ctx.rotate(k, pos)
         if ctx.branch == "cond":
             self._measure(q, k, qr, kr, ctx)
-        return sdpa(qr, kr, v)
+        return sdpa(qr, kr, v, ctx.mask)
 
     @torch.no_grad()
     def _measure(self, q, k, qr, kr, ctx: AttnContext) -> None:

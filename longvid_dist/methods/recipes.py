@@ -198,7 +198,14 @@ def recipe_from_dict(d: dict, name: str | None = None) -> Recipe:
 
 
 def _check_conflicts(r: Recipe) -> None:
-    """Each kind's registered check against the rest of the recipe (e.g. ABAM needs windows)."""
+    """Each kind's registered check against the rest of the recipe (e.g. ABAM needs windows),
+    and every attention patch against a plan that masks attention block-causally."""
+    if "block_causal_attention" in r.requires():
+        for p in r.attention_patches():
+            why = registry.get("attention", p.kind).mask_refusal
+            if why:
+                raise RecipeError(f"recipe {r.name!r}: attention.kind: {p.kind} cannot honour the block-causal "
+                                  f"attention mask that plan {r.plan.kind} asks for ({why})")
     for sec in SECTIONS:
         for part in r._parts(sec):
             check = registry.get(sec, part.kind).check

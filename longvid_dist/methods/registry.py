@@ -100,6 +100,10 @@ class Kind:
     check_video: Callable[[dict, "Geometry"], str | None] | None = None
     """``check_video(resolved params, geometry) -> message or None``: a conflict with the video
     itself (its length, the model's clip), checked when a render is specified."""
+    mask_refusal: str | None = None
+    """Attention kinds only: why the patch cannot honour the model's own attention mask
+    (``AttnContext.mask``: the block-causal mask of diffusion forcing); a recipe whose plan asks
+    for one (capability ``block_causal_attention``) is refused with it. None: it honours the mask."""
     chunked: bool = False
     """Plan kinds only: a chunked plan (diffusion forcing, causal rollout) made chunk after
     chunk by :mod:`longvid_dist.sampling.chunks`; its factory is
@@ -134,13 +138,14 @@ _discovered = False
 
 def register(section: str, name: str, factory: Callable | None = None, params: dict[str, Param] | None = None,
              requires=(), check=None, anchor_windows: bool = False, resolve=None,
-             sp_modes: tuple[str, ...] = ("ulysses", "ring"), chunked: bool = False, check_video=None) -> Kind:
+             sp_modes: tuple[str, ...] = ("ulysses", "ring"), chunked: bool = False, check_video=None,
+             mask_refusal: str | None = None) -> Kind:
     """Register kind ``name`` of ``section``; re-registering a name replaces it (module reload)."""
     if section not in _KINDS:
         raise ValueError(f"unknown recipe section {section!r}; use one of {', '.join(SECTIONS)}")
     k = Kind(section, name, dict(params or {}), factory, requires if callable(requires) else frozenset(requires),
              check, anchor_windows, resolve,
-             tuple(sp_modes), check_video, chunked)
+             tuple(sp_modes), check_video, mask_refusal, chunked)
     _KINDS[section][name] = k
     return k
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.hooks import AttentionPatch, AttnContext, sdpa
-from .attention import BAND, banded_attention, resolve_band
+from .attention import BAND, SPECTRAL_MIX, banded_attention, refuse_mask, resolve_band
 from .registry import INT_OR_NULL, LAYERS, NUM, Param, num_range, register
 
 METHODS = ("gram", "randomized", "exact")
@@ -309,6 +309,7 @@ class FreeSpecAttention(AttentionPatch):
     all_heads = True  # the SVD is over [tokens, heads * dim]: every head of a token
 
     def attend(self, q, k, v, ctx: AttnContext) -> torch.Tensor:
+        refuse_mask(self, ctx)
         frames = ctx.grid[0]
         g = sdpa(q, k, v)
         if frames <= self.band + 1:  # the band covers the window: both branches are the same
@@ -329,4 +330,4 @@ register("attention", "freespec", lambda params, model_info: FreeSpecAttention(*
           "band": BAND,
           "method": Param((str,), "gram", "gram or randomized", lambda v: v in ("gram", "randomized")),
           "layers": LAYERS},
-         requires=("attention_patches",), resolve=resolve_band)
+         requires=("attention_patches",), resolve=resolve_band, mask_refusal=SPECTRAL_MIX)

@@ -46,11 +46,42 @@ class AttnContext:
     heads: tuple[int, int] | None = None
     """``(first, count)``: which of the model's heads the patch's q/k/v hold (a ulysses rank's
     share under sequence parallelism), None = all; for a ``rotate`` whose RoPE differs per head."""
+    _frame_mask: tuple | None = field(default=None, repr=False)
+    """``(mask, frame mask)`` of the last :meth:`frame_mask` call."""
 
     @property
     def tokens_per_frame(self) -> int:
         """Tokens of one latent frame after patchifying (``h * w`` of the grid)."""
         return self.grid[1] * self.grid[2]
+
+    def frame_mask(self) -> torch.Tensor | None:
+        """:attr:`mask` per frame pair, ``[F, F]`` boolean (True = query frame i sees key frame j),
+        or None without a mask. The models' masks are frame-level (SkyReels-V2's block-causal
+        mask over latent frames): one ``[S, S]`` mask shared by every batch element and head,
+        constant over each (query frame, key frame) tile; another mask is refused. Read once per
+        mask (the model hands every layer the same one)."""
+        if self.mask is None:
+            return None
+        if self._frame_mask is not None and self._frame_mask[0] is self.mask:
+            return self._frame_mask[1]
+        f, tpf = self.grid[0], self.tokens_per_frame
+        m = self.mask.to(torch.bool)
+        if any(n != 1 for n in m.shape[:-2]) or tuple(m.shape[-2:]) != (f * tpf, f * tpf):
+            raise ValueError(f"attention mask of shape {tuple(m.shape)} is not one frame-level [S, S] mask for "
+                             f"the grid {tuple(self.grid)}")
+        tiles = m.reshape(f, tpf, f, tpf)
+        fm = tiles.all(3).all(1)
+        if not torch.equal(fm, tiles.any(3).any(1)):
+            raise ValueError("attention mask is not frame-level: tokens of one frame see different keys")
+        self._frame_mask = (self.mask, fm)
+        return fm
+
+
+def token_mask(frame_mask: torch.Tensor | None, tokens_per_frame: int) -> torch.Tensor | None:
+    """A ``[F, F]`` frame mask as the ``[S, S]`` token mask of frame-major tokens (None stays None)."""
+    if frame_mask is None:
+        return None
+    return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,7 +7,8 @@ attention sink, FLEX's inference-only sink or LongLive's trained one) and the la
 frames before the block. Queries and keys are rotated at their absolute frame positions
 (``ctx.rotate``), so cached keys keep the positions they were written at. Keys/values are kept
 per layer and guidance branch. Its size is bounded by ``(sink + window) * tokens_per_frame``
-per layer: memory stays flat in video length.
+per layer: memory stays flat in video length. A mask of the model's own (``ctx.mask``, over
+the block's tokens) applies to the block's keys; the cached ones stay visible to every query.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ class KVCache(AttentionPatch):
             kk, vv = torch.cat([ck, k], 1), torch.cat([cv, v], 1)  # [B, S_cache + S, H, D]
         else:
             kk, vv, frames = k, v, []
-        out = sdpa(q, kk, vv)
+        mask = ctx.mask
+        if mask is not None and kk.shape[1] > k.shape[1]:  # the model's mask covers the block's own keys
+            mask = mask.to(torch.bool)
+            mask = torch.cat([mask.new_ones(*mask.shape[:-1], kk.shape[1] - k.shape[1]), mask], -1)
+        out = sdpa(q, kk, vv, mask)
         if self.write:
             frames = frames + list(range(self.offset, self.offset + f))
             keep = [i for i, fr in enumerate(frames) if fr < self.sink or fr >= self.offset + f - self.window]

@@ -49,8 +49,9 @@ def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int,
                     resume: ChunkPosition | None = None, conds=None) -> LoopResult:
     """Diffusion forcing over ``plan``'s segments: per segment, fresh noise with the history
     prefix copied in, then every iteration of the per-frame schedule: noise the prefix to
-    ``addnoise``, predict the whole segment (block-causal), step the frames the schedule
-    advances with their own schedulers. Returns the clean latent of the whole video."""
+    ``addnoise``, predict the whole segment (block-causal, after the plan's attention sink if
+    any: :func:`predict_segment`), step the frames the schedule advances with their own
+    schedulers. Returns the clean latent of the whole video."""
     gens = {"noise": noise_generator(seed), "prefix": torch.Generator("cpu").manual_seed(seed)}
     history = None
     start = 0
@@ -78,11 +79,9 @@ def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int,
                                                                    dtype=x.dtype)[0] * factor
                 t_model[:p] = plan.addnoise
             first = (0 if history is None else history.shape[1]) - seg.keep_from  # video frame of row 0
-            win = Window(tuple(range(seg.frames)), (1.0,) * seg.frames, timestep=t_model,
-                         causal_block=plan.causal_block,
-                         cond="main" if conds is None else conds.cond_for(tuple(range(first, first + seg.frames))))
+            cond = "main" if conds is None else conds.cond_for(tuple(range(first, first + seg.frames)))
             t0 = time.perf_counter()
-            pred = executor.predict(x, [win])[0]
+            pred = predict_segment(executor, x, t_model, seg, history, plan.causal_block, cond)
             t1 = time.perf_counter()
             latent = state.step(pred, np.maximum(row - 1, 0), latent, frames=np.flatnonzero(update).tolist())
             result.steps.append(StepStats(len(result.steps), float(t_model.max()), 1, t1 - t0, 0.0,
@@ -92,6 +91,21 @@ def denoise_forcing(plan: ForcingPlan, space, executor, steps: int, height: int,
             on_segment(ChunkPosition(seg.index + 1, history, {k: g.get_state() for k, g in gens.items()}))
     result.latent = history
     return result
+
+
+def predict_segment(executor, x: torch.Tensor, t_model: np.ndarray, seg, history: torch.Tensor | None,
+                    causal_block: int, cond: str = "main") -> torch.Tensor:
+    """The model's prediction ``[C, n, h, w]`` for a segment's latent ``x`` at per-frame timesteps
+    ``t_model``, under a block-causal mask of ``causal_block`` frames. With an attention sink
+    (``seg.sink``) the video's first frames, clean (``history[:, :sink]``), lead the model input
+    at timestep 0 and their predictions are dropped (:attr:`~longvid_dist.methods.forcing.Segment.sink`)."""
+    s = seg.sink
+    if s:
+        x = torch.cat([history[:, :s], x], dim=1)  # [C, s + n, h, w]
+        t_model = np.concatenate([np.zeros(s, dtype=np.int64), t_model])
+    n = x.shape[1]
+    win = Window(tuple(range(n)), (1.0,) * n, timestep=t_model, causal_block=causal_block, cond=cond)
+    return executor.predict(x, [win])[0][:, s:]
 
 
 def run_chunks(planner, executor, spec, progress: bool = True, resumed: dict | None = None,

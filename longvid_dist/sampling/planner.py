@@ -49,7 +49,7 @@ class Planner:
             self.kind, self.abam, self._step_plan = plan.kind, False, None
             self.chunks = registry.get("plan", plan.kind).factory(self._plan_params, num_frames=num_frames,
                                                                   temporal=temporal_factor, rng=rng)
-            self.window = self.stride = max(s.frames for s in self.chunks.segments())
+            self.window = self.stride = max(s.sink + s.frames for s in self.chunks.segments())  # one model call
             self.geometry = registry.Geometry(num_frames, native_window, self.window, tokens_per_frame,
                                               temporal_factor)
             return
