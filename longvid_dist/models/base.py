@@ -178,6 +178,8 @@ class ModelAdapter(ABC):
     coordinator runs without weights."""
     patch_key: object = None
     """Name of the installed patches (``install``'s ``key``), None when stock."""
+    lora: list = []
+    """The LoRA adapters ``(path, scale)`` fused into this replica (:meth:`apply_lora`)."""
 
     @abstractmethod
     def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
@@ -211,9 +213,6 @@ class ModelAdapter(ABC):
     @abstractmethod
     def decode_context(self) -> int:
         """Latent frames of warm-up after which a decode starting mid-video is exact."""
-
-    lora: list = []
-    """The LoRA adapters ``(path, scale)`` fused into this replica (:meth:`apply_lora`)."""
 
     # -- memory: text encoders and offload ---------------------------------------------------
     offload: str = "none"
@@ -322,6 +321,7 @@ class ModelAdapter(ABC):
 
         return int(json.loads((Path(source) / "transformer" / "config.json").read_text())["num_attention_heads"])
 
+
 def check_lora_loader(pipeline_cls, two_experts: bool = False) -> None:
     """Refuse ``--lora`` (``ValueError`` naming ``lora``) for a pipeline class diffusers gives no
     LoRA loader mixin, or one with two experts (Wan2.2 A14B: the file does not say which expert
@@ -342,13 +342,10 @@ def check_lora(source: str, lora: Sequence[tuple[str, float]]) -> None:
     starting ``lora:``, naming the file and the first offending keys."""
     if not lora:
         return
-    import json
-    from pathlib import Path
-
     import diffusers
     from accelerate import init_empty_weights
 
-    index = json.loads((Path(source) / "model_index.json").read_text())
+    index = diffusers.DiffusionPipeline.load_config(source)  # a folder, or a hub id's cached configs
     pipe_cls = getattr(diffusers, index["_class_name"])
     check_lora_loader(pipe_cls, (index.get("transformer_2") or [None])[0] is not None)
     tcls = getattr(diffusers, index["transformer"][1])
