@@ -56,7 +56,8 @@ class Worker:
         """A worker around an adapter already loaded in this process (a caller's adapter keeps
         its text encoders unless ``keep_text_encoders`` is False)."""
         w = cls(adapter.family.name, "", str(adapter.device), str(adapter.dtype).removeprefix("torch."),
-                rank=rank, group=group, offload=adapter.offload, keep_text_encoders=keep_text_encoders)
+                rank=rank, group=group, offload=adapter.offload, keep_text_encoders=keep_text_encoders,
+                lora=adapter.lora)
         w.adapter = adapter
         return w
 
