@@ -60,18 +60,20 @@ def model_source(spec: RenderSpec) -> str:
     return src
 
 
+def lora_pairs(spec: RenderSpec) -> list[tuple[str, float]]:
+    """The spec's LoRA adapters as plain ``(path, scale)`` pairs, what replicas take."""
+    return [(lo.path, lo.scale) for lo in spec.lora]
+
+
 def load_adapter(spec: RenderSpec, device: str = "cpu", dtype: str = "float32"):
-    """Load the spec's model replica with its family adapter (with ``spec.offload``: loaded on
-    the CPU, its models moved to ``device`` only when used)."""
+    """Load the spec's model replica with its family adapter, its LoRAs fused in (with
+    ``spec.offload``: loaded on the CPU, its models moved to ``device`` only when used)."""
     import torch
 
     from .models.registry import adapter_class
 
-    offload = spec.offload != "none"
-    adapter = adapter_class(spec.resolved.family).load(model_source(spec), device="cpu" if offload else device,
-                                                       dtype=getattr(torch, dtype))
-    adapter.enable_offload(spec.offload, device)
-    return adapter
+    return adapter_class(spec.resolved.family).load_replica(model_source(spec), device, getattr(torch, dtype),
+                                                            offload=spec.offload, lora=lora_pairs(spec))
 
 
 def check_offload(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
@@ -124,7 +126,7 @@ def make_executor(spec: RenderSpec, parallel: ParallelConfig | None = None):
     from .runtime.ray_executor import RayExecutor
 
     return RayExecutor(spec.resolved.family.name, model_source(spec), parallel, device=spec.device,
-                       dtype=spec.dtype, offload=spec.offload)
+                       dtype=spec.dtype, offload=spec.offload, lora=lora_pairs(spec))
 
 
 def storyboard_conds(spec: RenderSpec):
@@ -138,9 +140,26 @@ def storyboard_conds(spec: RenderSpec):
                            spec.negative_prompt)
 
 
+def check_lora(spec: RenderSpec) -> None:
+    """Refuse LoRA files the spec's model cannot take (``SpecError`` naming ``lora``): keys that
+    match no layer of its transformer, a pipeline without a LoRA loader. Reads the model's
+    configs and the LoRA files, no model weights."""
+    if not spec.lora:
+        return
+    from .config import SpecError
+    from .models.base import check_lora as check
+
+    try:
+        check(model_source(spec), lora_pairs(spec))
+    except ValueError as e:
+        raise SpecError("lora", str(e).removeprefix("lora: ")) from None
+
+
 def check_layout(spec: RenderSpec, parallel: ParallelConfig | None) -> None:
-    """Refuse a parallel layout the spec's model cannot run (``SpecError`` naming the flag),
-    reading configs only: before any worker or weight is loaded."""
+    """Refuse what the spec's model cannot run (``SpecError`` naming the flag): its LoRAs
+    (:func:`check_lora`) and the parallel layout, reading configs only: before any worker or
+    weight is loaded."""
+    check_lora(spec)
     check_offload(spec, parallel)
     if parallel is not None and parallel.group_size > 1:
         from .config import SpecError
@@ -198,6 +217,11 @@ def render(spec: RenderSpec, parallel: ParallelConfig | None = None, executor=No
     owned = executor is None  # a caller's executor stays open for its next render
     if owned:
         check_layout(spec, parallel)
+    elif list(getattr(executor, "lora", [])) != lora_pairs(spec):
+        from .config import SpecError
+
+        raise SpecError("lora", f"the executor passed in has LoRAs {executor.lora or 'none'}, the spec "
+                                f"{lora_pairs(spec) or 'none'}: build the executor from this spec (make_executor)")
     executor = executor or make_executor(spec, parallel)
     space = executor.space
     try:

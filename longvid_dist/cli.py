@@ -21,6 +21,12 @@ SPEC_FLAGS: dict[str, dict] = {
     "model": dict(default=_D["model"].default,
                   help="tiny-wan (built-in random-weight demo model), a local diffusers pipeline folder, "
                        "or a known hub id (default: %(default)s; see `longvid models`)"),
+    "lora": dict(action="append", default=None, metavar="PATH[:SCALE]",
+                 help="a LoRA to fuse into the model's transformer (diffusers' load_lora_weights + fuse_lora, "
+                      "via peft): a .safetensors file in the diffusers/peft, original Wan or musubi layout, or a "
+                      "folder holding pytorch_lora_weights.safetensors; SCALE multiplies its update (default 1). "
+                      "Repeat for several (summed). Causal few-step models (CausVid, Self-Forcing) often ship as "
+                      "one on top of Wan2.1. Every worker reads it at the same path"),
     "frames": dict(type=int, default=_D["frames"].default,
                    help="pixel frames to render, 4k+1 for Wan (default: %(default)s)"),
     "height": dict(type=int, default=None,
@@ -69,7 +75,7 @@ def _add_render_args(p: argparse.ArgumentParser) -> None:
                    help='segments with their own prompts: {"global": "optional prompt for the whole video", '
                         '"segments": [{"prompt": "...", "frames": N}, ...]}, the frames summing to --frames; '
                         "windows straddling a boundary blend the prompts by frame overlap")
-    add_spec_args(p, ("negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance", "recipe"))
+    add_spec_args(p, ("negative_prompt", "model", "lora", "frames", "height", "width", "fps", "steps", "guidance", "recipe"))
     p.add_argument("--window", type=int, default=None,
                    help="window length in latent frames (default: the model's native clip, 21 for Wan)")
     p.add_argument("--stride", type=int, default=None,

@@ -19,6 +19,7 @@ from .io.video import check_output_path
 from .models.registry import ResolvedModel, resolve_model
 
 if TYPE_CHECKING:
+    from .lora import Lora
     from .storyboard import Storyboard
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,7 +37,7 @@ OFFLOADS = ("none", "model", "sequential")
 
 OUTPUT_FIELDS = ("prompt", "negative_prompt", "model", "frames", "height", "width", "fps", "steps", "guidance",
                  "recipe", "window", "stride", "seed", "dtype")
-"""Spec fields that determine the video (and ``storyboard`` when one is given); the others (output
+"""Spec fields that determine the video (and ``storyboard`` / ``lora`` when given); the others (output
 path, decode chunk, device...) and the parallel layout may differ between a killed render and its
 resumption."""
 
@@ -46,12 +47,21 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def output_fields(spec: dict) -> tuple[str, ...]:
+    """The fields of a spec (a plain dict) that determine its video: :data:`OUTPUT_FIELDS`, plus
+    ``storyboard`` and ``lora`` when set (so keys of renders without them stay as they were)."""
+    return OUTPUT_FIELDS + tuple(k for k in ("storyboard", "lora") if spec.get(k))
+
+
 def output_key(spec: dict) -> str:
-    """Hash of a spec's :data:`OUTPUT_FIELDS` (as a plain dict: a sidecar's or checkpoint's
-    ``spec``); numbers compare by value, so guidance 5 (JSON) and 5.0 (CLI) are one render."""
+    """Hash of a spec's :func:`output_fields` (as a plain dict: a sidecar's or checkpoint's
+    ``spec``); numbers compare by value, so guidance 5 (JSON) and 5.0 (CLI) are one render. A
+    LoRA counts by its file's sha256 and its scale, not by its path."""
     norm = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v  # noqa: E731
-    keys = OUTPUT_FIELDS + (("storyboard",) if spec.get("storyboard") else ())  # keys of older renders stay
-    blob = json.dumps({k: norm(spec.get(k)) for k in keys}, sort_keys=True, default=str)
+    values = {k: norm(spec.get(k)) for k in output_fields(spec)}
+    if "lora" in values:
+        values["lora"] = [[lo["sha256"], float(lo["scale"])] for lo in values["lora"]]
+    blob = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -126,6 +136,10 @@ class RenderSpec:
     storyboard: Storyboard | dict | str | None = None
     """Segments with their own prompts (:mod:`longvid_dist.storyboard`): a JSON object, a path to
     a JSON file, or None; held as the validated :class:`~longvid_dist.storyboard.Storyboard`."""
+    lora: tuple[Lora, ...] | list | str | None = ()
+    """LoRA adapters fused into the transformer's weights when a replica loads, in order:
+    ``PATH[:SCALE]`` strings, ``{"path", "scale"}`` objects or :class:`~longvid_dist.lora.Lora`
+    (one or a list); held as a tuple of validated :class:`~longvid_dist.lora.Lora`."""
     resolved: ResolvedModel = field(init=False, repr=False, compare=False)
     """The model name resolved to its family (filled in by validation)."""
 
@@ -193,6 +207,9 @@ class RenderSpec:
         _int(self, "checkpoint_every", 0)
         if self.storyboard is not None:
             self._check_storyboard()
+        from .lora import parse_loras
+
+        object.__setattr__(self, "lora", parse_loras(self.lora))
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise SpecError("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         if self.offload not in OFFLOADS:
@@ -228,6 +245,7 @@ class RenderSpec:
         d.pop("resolved", None)
         if self.storyboard is not None:
             d["storyboard"] = self.storyboard.to_dict()
+        d["lora"] = [asdict(lo) for lo in self.lora]
         return d
 
     def output_key(self) -> str:

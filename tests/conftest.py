@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny Wan model, built once per machine into a test-only cache.
+"""Shared fixtures: the tiny Wan model, built once per machine into a test-only cache, and a
+module-scoped local Ray instance.
 
 ``LONGVID_CACHE`` is set at import time (before any test imports the library's model code
 or spawns the CLI), so tests never write into the user's ``~/.cache`` and every process of
@@ -57,3 +58,14 @@ def df_adapter(df_path):
     from longvid_dist.models.skyreels import SkyReelsDFAdapter
 
     return SkyReelsDFAdapter.load(df_path)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance per test module: started here, joined by the module's executors
+    (which leave it running), shut down after the module."""
+    from longvid_dist.runtime.ray_executor import connect, shutdown
+
+    assert connect(None, quiet=True) == "local"
+    yield
+    shutdown()

@@ -21,7 +21,7 @@ from longvid_dist.io.video import read_frames
 from longvid_dist.methods.forcing import forcing_plan
 from longvid_dist.runtime import checkpoint
 from longvid_dist.runtime.executor import LocalExecutor
-from longvid_dist.runtime.ray_executor import RayExecutor, connect, shutdown
+from longvid_dist.runtime.ray_executor import RayExecutor
 from longvid_dist.sampling.chunks import denoise_forcing
 
 from .test_ray import _cli, kill_after_checkpoint
@@ -33,13 +33,6 @@ ASYNC_LONG = dict(base_num_frames=29, overlap_history=13, addnoise_condition=20,
 """Long and asynchronous at once: segments with a history prefix, blocks at several noise levels."""
 RECIPE = "plan: {kind: diffusion_forcing, base_num_frames: 29, overlap_history: 13, addnoise_condition: 20, " \
          "ar_step: 1, causal_block_size: 2}\n"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    assert connect(None, quiet=True) == "local"
-    yield
-    shutdown()
 
 
 def _forcing(executor, frames: int = 61, steps: int = 4) -> torch.Tensor:

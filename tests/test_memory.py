@@ -96,15 +96,6 @@ def test_offload_hooks_render_the_same_video(tmp_path, tiny_path, tiny_adapter, 
 
 # -- the distributed decode streams pieces ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from longvid_dist.runtime.ray_executor import connect, shutdown
-
-    assert connect(None, quiet=True) == "local"
-    yield
-    shutdown()
-
-
 @pytest.mark.ray
 def test_ray_decode_pieces_and_storyboard_render(tmp_path, tiny_path, tiny_adapter, ray_local):
     """Each decoded piece holds at most ``decode_chunk`` latent frames of pixels, bit for bit the

@@ -24,19 +24,11 @@ from longvid_dist.api import render
 from longvid_dist.io.video import read_frames
 from longvid_dist.runtime import checkpoint
 from longvid_dist.runtime.executor import LocalExecutor
-from longvid_dist.runtime.ray_executor import ClusterError, RayExecutor, connect, shard, shutdown
+from longvid_dist.runtime.ray_executor import ClusterError, RayExecutor, shard
 
 pytestmark = pytest.mark.ray
 
 SPEC = dict(prompt="a cat runs on the beach", negative_prompt="blurry", frames=121, steps=4, recipe="glc")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray instance for the module; executors join it and leave it running."""
-    assert connect(None, quiet=True) == "local"
-    yield
-    shutdown()
 
 
 def _spec(tmp_path, name, **kw):

@@ -91,15 +91,6 @@ from longvid_dist.io.video import read_frames  # noqa: E402
 KW = dict(prompt="a cat runs on the beach", negative_prompt="blurry", frames=81, height=32, width=48, steps=3)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from longvid_dist.runtime.ray_executor import connect, shutdown
-
-    assert connect(None, quiet=True) == "local"
-    yield
-    shutdown()
-
-
 def _local(tmp_path, tiny_adapter, name, **kw):
     from longvid_dist.runtime.executor import LocalExecutor
 

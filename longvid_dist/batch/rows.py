@@ -17,9 +17,10 @@ ROW_KEYS = ("id", "prompt", "negative_prompt", "frames", "height", "width", "see
             "storyboard")
 """Keys a prompts row may have (``storyboard``: an inline storyboard object or the path of its JSON
 file, as ``longvid render --storyboard``; ``prompt`` may then be left out)."""
-DEFAULT_KEYS = ("model", "negative_prompt", "frames", "height", "width", "fps", "steps", "guidance", "recipe",
+DEFAULT_KEYS = ("model", "lora", "negative_prompt", "frames", "height", "width", "fps", "steps", "guidance", "recipe",
                 "seed", "device", "dtype", "offload", "decode_chunk", "checkpoint_every")
-"""Keys of ``run_batch``'s ``defaults`` (the render flags ``longvid batch`` takes)."""
+"""Keys of ``run_batch``'s ``defaults`` (the render flags ``longvid batch`` takes). ``model`` and
+``lora`` are per run, not per row: a batch's workers load one model once."""
 MAX_NAME = 100
 """Longest sanitized id (before the hash suffix)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

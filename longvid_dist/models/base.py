@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -160,6 +160,39 @@ class ModelAdapter(ABC):
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "ModelAdapter":
         """Load from a local diffusers folder or a hub id (``from_pretrained``)."""
 
+    @classmethod
+    def load_replica(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                     offload: str = "none", lora: Sequence[tuple[str, float]] = ()) -> "ModelAdapter":
+        """A replica ready to render: :meth:`load` (on the CPU under ``offload``), the ``lora``
+        adapters fused in (:meth:`apply_lora`), then :meth:`enable_offload` to ``device``."""
+        adapter = cls.load(source, device="cpu" if offload != "none" else device, dtype=dtype)
+        adapter.apply_lora(lora)
+        adapter.enable_offload(offload, device)
+        return adapter
+
+    def apply_lora(self, lora: Sequence[tuple[str, float]]) -> None:
+        """Fuse LoRA adapters (``(safetensors path, scale)`` pairs, in order) into the transformer
+        with diffusers' own loader: ``load_lora_weights`` (which reads the usual formats: diffusers/
+        peft, original Wan, musubi), ``set_adapters`` with the scales, ``fuse_lora``, then
+        ``unload_lora_weights`` drops the peft wrappers, so the transformer is plain ``nn.Linear``
+        layers holding ``W + scale * B @ A * alpha / r``: no extra matmuls per forward, and the
+        attention patches, sequence-parallel hooks and offload see the stock module tree.
+        Refused (``ValueError`` naming ``lora``) for a pipeline without a LoRA loader."""
+        self.lora = [(str(path), float(scale)) for path, scale in lora]
+        if not lora:
+            return
+        check_lora_loader(type(self.pipe), getattr(self.pipe, "transformer_2", None) is not None)
+        import warnings
+
+        names = [f"lora{i}" for i in range(len(lora))]
+        for name, (path, _) in zip(names, lora):
+            with warnings.catch_warnings():  # several adapters on one model are what --lora asks for
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.pipe.load_lora_weights(path, adapter_name=name)
+        self.pipe.set_adapters(names, [float(scale) for _, scale in lora])
+        self.pipe.fuse_lora(components=["transformer"], adapter_names=names)
+        self.pipe.unload_lora_weights()
+
     @abstractmethod
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> Cond:
         """Encode a prompt once per render."""
@@ -173,6 +206,8 @@ class ModelAdapter(ABC):
     coordinator runs without weights."""
     patch_key: object = None
     """Name of the installed patches (``install``'s ``key``), None when stock."""
+    lora: list = []
+    """The LoRA adapters ``(path, scale)`` fused into this replica (:meth:`apply_lora`)."""
 
     @abstractmethod
     def predict(self, latent: torch.Tensor, t: torch.Tensor, cond: Cond, role: str = "plain",
@@ -313,6 +348,71 @@ class ModelAdapter(ABC):
         from pathlib import Path
 
         return int(json.loads((Path(source) / "transformer" / "config.json").read_text())["num_attention_heads"])
+
+
+def check_lora_loader(pipeline_cls, two_experts: bool = False) -> None:
+    """Refuse ``--lora`` (``ValueError`` naming ``lora``) for a pipeline class diffusers gives no
+    LoRA loader mixin, or one with two experts (Wan2.2 A14B: the file does not say which expert
+    it is for)."""
+    if not callable(getattr(pipeline_cls, "load_lora_weights", None)):
+        raise ValueError(f"lora: {pipeline_cls.__name__} has no LoRA loader in diffusers (no load_lora_weights); "
+                         f"drop --lora")
+    if two_experts:
+        raise ValueError(f"lora: {pipeline_cls.__name__} here has two experts (transformer, transformer_2); "
+                         f"a LoRA per expert is not supported: drop --lora")
+
+
+def check_lora(source: str, lora: Sequence[tuple[str, float]]) -> None:
+    """Refuse LoRA files the pipeline in ``source`` cannot take, reading configs and the LoRA files
+    only (the transformer is built empty, without weights): the pipeline has no LoRA loader, a
+    key is for another component than the transformer, names a module the transformer lacks,
+    or has a shape that module does not take (a LoRA of another model size). ``ValueError``
+    starting ``lora:``, naming the file and the first offending keys."""
+    if not lora:
+        return
+    import diffusers
+    from accelerate import init_empty_weights
+
+    index = diffusers.DiffusionPipeline.load_config(source)  # a folder, or a hub id's cached configs
+    pipe_cls = getattr(diffusers, index["_class_name"])
+    check_lora_loader(pipe_cls, (index.get("transformer_2") or [None])[0] is not None)
+    tcls = getattr(diffusers, index["transformer"][1])
+    with init_empty_weights():
+        modules = dict(tcls.from_config(tcls.load_config(source, subfolder="transformer")).named_modules())
+    for path, _ in lora:
+        try:
+            state = pipe_cls.lora_state_dict(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+            raise ValueError(f"lora: {path}: diffusers cannot read it as a LoRA "
+                             f"({type(e).__name__}: {str(e).strip()[:200]})") from None
+        state = state[0] if isinstance(state, tuple) else state
+        bad = [f"{k} ({why})" for k, v in state.items() if (why := _lora_key_problem(k, v.shape, modules))]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(f"lora: {path}: {len(bad)} of {len(state)} keys match no layer of this "
+                             f"{tcls.__name__}: {'; '.join(bad[:3])}{more}. Allowed: "
+                             f"'transformer.<module>.lora_A.weight' / '.lora_B.weight' over its linear layers, "
+                             f"e.g. 'transformer.blocks.0.attn1.to_q.lora_A.weight'")
+
+
+def _lora_key_problem(key: str, shape, modules: dict) -> str | None:
+    """Why a LoRA key (diffusers layout) does not fit the transformer's ``modules``, or None."""
+    if not key.startswith("transformer."):
+        return "not for the transformer"
+    name, sep, part = key.removeprefix("transformer.").partition(".lora_")
+    if not sep:
+        return "not a lora_A/lora_B weight"
+    m = modules.get(name)
+    if m is None:
+        return "no such module"
+    if not isinstance(m, torch.nn.Linear):
+        return f"{type(m).__name__}, not a linear layer"
+    if part == "A.weight" and shape[-1] != m.in_features:
+        return f"takes {shape[-1]} inputs, the layer {m.in_features}"
+    if part in ("B.weight", "B.bias") and shape[0] != m.out_features:
+        return f"gives {shape[0]} outputs, the layer {m.out_features}"
+    return None
+
 
 def onload(module) -> None:
     """Move an offloaded model to its execution device before calling its submodules directly

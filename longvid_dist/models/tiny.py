@@ -356,3 +356,35 @@ def tiny_model_path(name: str, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""Layers a tiny LoRA adapts: every attention's projections (self- and cross-attention)."""
+
+
+def save_tiny_lora(path: str | os.PathLike, name: str = "tiny-wan", seed: int = 0, rank: int = 4,
+                   alpha: float = 8.0, std: float = 0.1) -> Path:
+    """A random LoRA for tiny model ``name`` saved with its pipeline's ``save_lora_weights`` to
+    the folder ``path`` (``pytorch_lora_weights.safetensors``, peft's metadata with ``alpha``):
+    peft's ``LoraConfig`` on the transformer's attention projections, ``B`` drawn with ``std``
+    (peft starts it at zero, which would change nothing). Returns the file."""
+    import diffusers
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    src = tiny_model_path(name)
+    index = json.loads((src / "model_index.json").read_text())
+    transformer = getattr(diffusers, index["transformer"][1]).from_pretrained(src, subfolder="transformer")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS))
+    torch.manual_seed(seed)
+    transformer.add_adapter(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, p in transformer.named_parameters():
+            if "lora_B" in key:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    getattr(diffusers, index["_class_name"]).save_lora_weights(
+        str(path), transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=config.to_dict())
+    return Path(path) / "pytorch_lora_weights.safetensors"

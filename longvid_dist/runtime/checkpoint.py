@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from ..config import OUTPUT_FIELDS
+from ..config import output_fields
 
 FORMAT = "longvid-checkpoint"
 VERSION = 2
@@ -76,7 +76,7 @@ def load(path: str, spec) -> dict:
         raise CheckpointError(f"--resume: {path!r} is not a longvid checkpoint (version {VERSION}); refused")
     if meta.get("output_key") != spec.output_key():
         old, new = meta.get("spec", {}), spec.to_dict()
-        diff = [k for k in OUTPUT_FIELDS if old.get(k) != new[k]]
+        diff = [k for k in dict.fromkeys(output_fields(old) + output_fields(new)) if old.get(k) != new.get(k)]
         raise CheckpointError(f"--resume: checkpoint {path!r} was written for a different render "
                               f"(differs in: {', '.join(diff) or 'unknown fields'}); rerun without --resume "
                               f"or with the same settings")

@@ -35,6 +35,8 @@ class Executor(ABC):
     """Device the replicas run on."""
     dtype: str
     """Transformer dtype of the replicas (e.g. ``float32``)."""
+    lora: list = []
+    """LoRA adapters ``(path, scale)`` fused into the replicas (``RenderSpec.lora``)."""
 
     @abstractmethod
     def set_conditions(self, prompts: dict[str, tuple[str, str]], guidance: float) -> None:
@@ -83,6 +85,7 @@ class LocalExecutor(Executor):
         self.worker = Worker.from_adapter(adapter, keep_text_encoders=not own_adapter)
         self.space = adapter.space
         self.device, self.dtype = self.worker.device, self.worker.dtype
+        self.lora = list(adapter.lora)
         self.conds: dict = {}
         self.version = ""
         self.patches: dict | None = None

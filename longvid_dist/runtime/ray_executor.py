@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ class RayExecutor(Executor):
 
     def __init__(self, family: str, source: str, parallel: ParallelConfig, device: str = "auto",
                  dtype: str = "auto", cpus_per_worker: int = 1, placement_timeout: float = 30.0,
-                 max_restarts: int = 3, offload: str = "none"):
+                 max_restarts: int = 3, offload: str = "none", lora: Sequence[tuple[str, float]] = ()):
         if ray is None:
             raise ClusterError("ray is not installed")
         from ..models.registry import FAMILIES, adapter_class
@@ -183,6 +183,7 @@ class RayExecutor(Executor):
         # The coordinator holds the fp32 latent on CPU and never loads weights.
         self.space = adapter_cls.latent_space.from_source(source)
         self.parallel = parallel
+        self.lora = [(str(p), float(s)) for p, s in lora]
         self.workers: list = []
         self.pgs: list = []
         self.owns_ray = connect(parallel.address) == "local"
@@ -211,7 +212,7 @@ class RayExecutor(Executor):
                 max_restarts=max_restarts, num_gpus=1 if use_gpu else 0, num_cpus=bundle["CPU"],
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=b),
             ).remote(family, source, self.device, self.dtype, 0 if use_gpu else cpus_per_worker,
-                     rank=i, group=group_of[i], offload=offload)
+                     rank=i, group=group_of[i], offload=offload, lora=self.lora)
             for i, (pg, b) in enumerate(placement)
         ]
         self.epoch: int | None = None

@@ -26,7 +26,7 @@ class Worker:
 
     def __init__(self, family: str, source: str, device: str = "cpu", dtype: str = "float32",
                  threads: int = 0, rank: int = 0, group: Sequence[int] = (0,), offload: str = "none",
-                 keep_text_encoders: bool = False):
+                 keep_text_encoders: bool = False, lora: Sequence[tuple[str, float]] = ()):
         if threads > 0:
             torch.set_num_threads(threads)
         self.family, self.source, self.device, self.dtype = family, source, device, dtype
@@ -34,6 +34,8 @@ class Worker:
         """This worker's index among the render's workers."""
         self.offload = offload
         """CPU offload of the replica (``RenderSpec.offload``)."""
+        self.lora = [(str(p), float(s)) for p, s in lora]
+        """LoRA adapters ``(path, scale)`` fused into the replica when it loads (``RenderSpec.lora``)."""
         self.keep_text_encoders = keep_text_encoders
         """Keep the text encoders loaded after encoding (else freed, reloaded for a new prompt)."""
         self.group = list(group)
@@ -54,23 +56,22 @@ class Worker:
         """A worker around an adapter already loaded in this process (a caller's adapter keeps
         its text encoders unless ``keep_text_encoders`` is False)."""
         w = cls(adapter.family.name, "", str(adapter.device), str(adapter.dtype).removeprefix("torch."),
-                rank=rank, group=group, offload=adapter.offload, keep_text_encoders=keep_text_encoders)
+                rank=rank, group=group, offload=adapter.offload, keep_text_encoders=keep_text_encoders,
+                lora=adapter.lora)
         w.adapter = adapter
         return w
 
     # -- model ------------------------------------------------------------------------------
     def load(self):
-        """The model replica, loaded on first use (with the family's adapter)."""
+        """The model replica, loaded on first use (with the family's adapter, its LoRAs fused in)."""
         if self.adapter is None:
             from ..models.registry import FAMILIES, adapter_class
 
             device = self.device
             if device == "cuda":
                 device = "cuda:0"  # under Ray, CUDA_VISIBLE_DEVICES is this actor's GPU
-            offload = self.offload != "none"
-            self.adapter = adapter_class(FAMILIES[self.family]).load(self.source, device="cpu" if offload else device,
-                                                                     dtype=getattr(torch, self.dtype))
-            self.adapter.enable_offload(self.offload, device)
+            self.adapter = adapter_class(FAMILIES[self.family]).load_replica(
+                self.source, device, getattr(torch, self.dtype), offload=self.offload, lora=self.lora)
         return self.adapter
 
     def warm(self) -> bool:
