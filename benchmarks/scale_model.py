@@ -21,7 +21,9 @@ the time of a render ``T(G) = steps * (compute + coordinator) + max(decode, enco
 efficiency ``T(1) / (G T(G))``, and names what dominates at each G (compute, coordinator or
 decode/encode) -- where the bottleneck moves. ``direct`` (one window over the whole video) is
 modelled as that window split over every GPU (sequence parallelism), communication not counted,
-so its row is an upper bound.
+so its row is an upper bound. Chunked recipes (diffusion forcing, causal rollout) run their
+forwards one after another; their rows count forwards per render instead of windows per step
+(:func:`chunked_time` says how they use G GPUs).
 
 Defaults: ``window_s`` and ``decode_s`` from ``plan_cost``'s table for Wan2.1-1.3B on an
 H100-class GPU (both CFG passes); the coordinator's per-byte costs measured on this machine at
@@ -120,6 +122,42 @@ def plan_windows(recipe: str, F: int):
     return pl.plan(1, 900.0).windows
 
 
+def chunk_forwards(recipe: str, F: int, steps: int) -> list[tuple[int, int]] | None:
+    """``(query frames, key frames)`` of every forward of a chunked recipe over ``F`` latent
+    frames (None for a window plan). Diffusion forcing: each segment (attention sink included)
+    once per iteration of its per-frame schedule; causal rollout: each block once per timestep
+    plus its cache-writing re-run, its queries against the cache (sink + local window) and itself."""
+    from longvid_dist.methods.causal import CausalPlan
+    from longvid_dist.methods.forcing import schedule
+    from longvid_dist.methods.recipes import get_recipe
+    from longvid_dist.sampling.planner import Planner
+    from longvid_dist.sampling.rng import keyed_generator
+
+    plan = Planner(get_recipe(recipe), F, NATIVE, lambda purpose, step: keyed_generator(0, purpose, step)).chunks
+    if plan is None:
+        return None
+    out: list[tuple[int, int]] = []
+    for seg in plan.segments():
+        if isinstance(plan, CausalPlan):
+            cache = min(seg.index * plan.block_frames, plan.sink_frames + plan.local_window)
+            out += [(seg.frames, seg.frames + cache)] * (len(plan.sigmas()) + 1)
+        else:
+            rows, _ = schedule(seg.frames, steps, plan.ar_step, seg.prefix, plan.causal_block)
+            n = seg.sink + seg.frames
+            out += [(n, n)] * len(rows)
+    return out
+
+
+def chunked_time(forwards, G: int, window_s: float, causal: bool, p) -> tuple[float, float]:
+    """(compute, coordinator) seconds of a chunked render on G GPUs: forwards run one after
+    another; both guidance branches on their own GPUs (2x at most), and under diffusion forcing
+    each branch's forward split over G/2 GPUs (sequence parallelism; communication not counted:
+    an upper bound, as for ``direct``). Causal rollout keeps its KV cache on one GPU per branch."""
+    unit = window_s / _cost(NATIVE)
+    work = sum(q * k + 8 * q for q, k in forwards) * unit  # _cost(n) for q = k = n
+    return work / (min(G, 2) if causal else G), len(forwards) * p.overhead_s
+
+
 def compute_time(windows, G: int, window_s: float, native: int = NATIVE) -> float:
     """Slowest group's seconds: shard() over G, recomputed ABAM anchors included."""
     from longvid_dist.runtime.ray_executor import shard
@@ -170,7 +208,7 @@ def defaults_from_table(p) -> None:
 
 
 def table(p) -> None:
-    from longvid_dist.methods.recipes import builtin_names
+    from longvid_dist.methods.recipes import builtin_names, get_recipe
 
     frame_bytes = 16 * (p.height // 8) * (p.width // 8) * 4
     print(f"inputs: window {p.window_s * 1e3:.0f} ms (native {NATIVE} latent frames, both CFG passes), decode "
@@ -184,7 +222,12 @@ def table(p) -> None:
         frames = FPS * 60 * minutes + 1
         F = (frames - 1) // 4 + 1
         rows: dict = {}
+        chunked = {}
         for name in builtin_names():
+            fw = chunk_forwards(name, F, p.steps)
+            if fw is not None:
+                chunked[name] = fw
+                continue
             wins = plan_windows(name, F)
             key = tuple((w.frames, w.role) for w in wins)
             rows.setdefault(key, (wins, []))[1].append(name)
@@ -210,6 +253,17 @@ def table(p) -> None:
             label = ",".join(names)
             label = label if len(label) <= 40 else label[:37] + "..."
             print(f"{label:<40} {len(wins):>8} " + " ".join(f"{c:>13}" for c in cells) + f"  {moves}")
+        for name, fw in chunked.items():  # forwards one after another: the column is forwards per render
+            causal = get_recipe(name).plan.kind == "causal"
+            T1, cells = None, []
+            for G in GPUS:
+                c, k = chunked_time(fw, G, p.window_s, causal, p)
+                d, e = decode_time(F, G, frames, p)
+                T = c + k + max(d, e)
+                T1 = T1 or T
+                cells.append(f"{_dur(T)} {100 * T1 / (G * T):3.0f}%")
+            print(f"{name:<40} {len(fw):>8} " + " ".join(f"{c:>13}" for c in cells)
+                  + ("  guidance split only (KV cache per branch)" if causal else "  guidance split x SP (upper bound)"))
         print()
 
 
