@@ -179,9 +179,11 @@ def _bounds(windows, shard, cost, workers=2):
 # -- (c) no-op actor ---------------------------------------------------------------------------
 class NoopWorker:
     """Stands in for ``runtime.worker.Worker`` without a model. Same constructor arguments and
-    ``predict`` call; same handling of the data (``as_tensor(frames)``, ``x[:, idx]`` per window,
-    ``.numpy()`` back, only kept windows returned), but the "prediction" is the window's own
-    input frames. Imports are local so Ray ships the class by value from ``__main__``."""
+    ``prepare`` / ``predict_step`` calls; same handling of the data (``as_tensor(frames)``,
+    ``x[:, idx]`` per window, only kept windows returned), but the "prediction" is a fresh copy
+    of the window's own input frames (a model's output is a fresh array; ``x[:, idx]`` is a
+    view when the window's frames are evenly spaced). Imports are local so Ray ships the class
+    by value from ``__main__``."""
 
     def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,),
                  offload="none", keep_text_encoders=False):
@@ -199,14 +201,20 @@ class NoopWorker:
     def encode(self, prompts, guidance):
         return None
 
-    def predict(self, version, conds, patches, frames, items, epoch=None, reply=True):
+    def prepare(self, version, conds, patches):
+        return True
+
+    def predict_step(self, version, items, epoch, reply, *frames):
+        import numpy as np
+        import torch
+
         from longvid_dist.runtime.worker import as_tensor
 
         t0 = time.perf_counter()
-        x = as_tensor(frames)  # [C, n, h, w], as Worker.predict: x[:, idx] below copies
+        x = as_tensor(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1))  # [C, n, h, w]
         out = []
         for idx, w, keep in items:
-            y = x[:, idx].float().cpu().numpy()  # no-op "prediction" of the window's shape
+            y = x[:, idx].clone(memory_format=torch.contiguous_format).numpy()  # no-op "prediction"
             if keep and reply:
                 out.append(y)
         busy = time.perf_counter() - t0
