@@ -219,7 +219,7 @@ class NoopWorker:
                 out.append(y)
         busy = time.perf_counter() - t0
         self.busy += busy
-        return out, busy
+        return (*out, busy)
 
 
 class _MemWatch:

@@ -288,6 +288,10 @@ class RayExecutor(Executor):
 
     # -- calls that survive a worker loss -----------------------------------------------
     def _submit(self, k: int, method: str, args: tuple):
+        if method == "predict_step":  # each kept prediction and the busy seconds: an object each
+            n = 1 + (sum(keep for *_, keep in args[1]) if args[3] else 0)
+            return list(getattr(self.workers[k], method).options(num_returns=n).remote(*args)) if n > 1 else \
+                [getattr(self.workers[k], method).remote(*args)]
         return getattr(self.workers[k], method).remote(*args)
 
     def _get(self, k: int, ref, method: str, args: tuple, phase: str):
@@ -380,7 +384,7 @@ class RayExecutor(Executor):
         moved = sent
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
-        for (idxs, k, _), (out, busy) in zip(calls, results):
+        for (idxs, k, _), (*out, busy) in zip(calls, results):
             self.busy[k] += busy
             step_busy[k] += busy
             for i, p in zip(idxs, out):
@@ -425,7 +429,7 @@ class RayExecutor(Executor):
                 refs += [self._submit(r, "predict_step", (self.version, items, epoch, r == k, *frames))
                          for r in group_of[k]]
             try:
-                pending = list(refs)
+                pending = [r[-1] for r in refs]  # a call's values are all there when it ends
                 while pending:  # the first failure ends the wait: other members may be blocked on it
                     done, pending = ray.wait(pending, num_returns=1)
                     ray.get(done[0])
