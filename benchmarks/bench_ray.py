@@ -27,14 +27,14 @@ the driver and in every worker (OMP_NUM_THREADS=1 before torch is imported).
     fp32 (961 frames at 480x832; 24.1 M values = 96 MB), no model. The REAL ``RayExecutor`` is
     constructed and driven (real __init__: placement group, actors; real ``predict()``: the same
     ``shard()``, one ``ray.put`` of the latent per step that every worker maps zero-copy, the
-    object-store round trip of the predictions, torch views of the results, bytes/transfer/busy
-    metrics), with only its actor class swapped,
+    object-store round trip of the predictions, one object each, torch views of the results,
+    bytes/transfer/busy metrics), with only its actor class swapped,
     inside this process, for ``NoopWorker`` below (``ray_executor.Worker`` is replaced before the
-    executor is constructed): same ``predict`` call, same data handling as ``Worker.predict``
-    (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, ``.numpy()`` back, only
-    kept windows returned), but the "prediction" is the window's input frames. Windows carry
-    their timestep as ``denoise`` sets it. Then ``plan.merge(preds)`` (WLS merge of both paths
-    + GLC fusion). (predict + merge) per step is compared with a plain ``np.copyto`` of as many
+    executor is constructed): same ``prepare`` / ``predict_step`` calls, same data handling as
+    ``Worker.predict`` (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, only
+    kept windows returned), but the "prediction" is a fresh copy of the window's input frames. Windows carry
+    their timestep as ``denoise`` sets it. Then ``plan.merge(preds, out=buf)`` (WLS merge of both
+    paths + GLC fusion) into one buffer allocated before the steps, as ``denoise`` merges. (predict + merge) per step is compared with a plain ``np.copyto`` of as many
     bytes as the executor reports moved (the latent put once + the predictions returned), and
     also with a copy of one latent. Target <= 4x.
 
@@ -533,6 +533,7 @@ def _bench_datapath(a, recipe, native, rx, src):
         state = SamplerState.shared(ex.space.make_scheduler(50))  # timesteps only set gamma(t)
         with _MemWatch() as mem:
             latent = torch.randn(WAN_1MIN, generator=torch.Generator().manual_seed(a.seed))
+            buf = torch.empty_like(latent)  # the loop's merge buffer, reused every step
             src_b = latent.numpy().reshape(-1).view(np.uint8)
             dst_b = np.empty_like(src_b)
             np.copyto(dst_b, src_b)  # fault the pages in
@@ -559,7 +560,7 @@ def _bench_datapath(a, recipe, native, rx, src):
                     preds = ex.predict(latent, wins)
                     t1 = time.perf_counter()
                     u1 = _usage()
-                    merged = plan.merge(preds)
+                    merged = plan.merge(preds, out=buf)
                     t2 = time.perf_counter()
                     u2 = _usage()
                 finally:
@@ -609,7 +610,7 @@ def _bench_datapath(a, recipe, native, rx, src):
             print(f"median per step: predict {_med(tp):.3f}s + merge {_med(tm):.3f}s = {_med(tp) + _med(tm):.3f}s; "
                   f"memcpy of {_mb(moved)} {_med(tc):.3f}s ({gbps:.1f} GB/s)")
             print(f"(c) (predict + merge) / memcpy = {ratio:.2f}x, target <= {TARGET_DATAPATH:.1f}x -> {_verdict(ok)}"
-                  f"  (predict includes the no-op actors' own copies: x[:, idx] per window)")
+                  f"  (predict includes the no-op actors' own copies: one fresh copy per window)")
             coord = _med([m["transfer"] for m in mets]) + _med(tm)
             ratio_coord = coord / _med(tc)
             print(f"(c) coordinator side only: (executor transfer + merge) / memcpy = {ratio_coord:.2f}x "
@@ -627,16 +628,17 @@ def _bench_datapath(a, recipe, native, rx, src):
             back = moved - sent
             preds = [latent[:, list(x.frames)].clone() for x in wins]
             n_g = sum(x.path == "global" for x in wins)
+            gbuf = torch.zeros_like(latent)  # as the plan's global-path buffer: reused, its pages in
             t0 = time.perf_counter()
-            plan.merge(preds)
+            plan.merge(preds, out=buf)
             t1 = time.perf_counter()
-            g = wls_merge(preds[:n_g], wins[:n_g], F)
+            g = wls_merge(preds[:n_g], wins[:n_g], F, out=gbuf)
             t2 = time.perf_counter()
-            loc = wls_merge(preds[n_g:], wins[n_g:], F)
+            loc = wls_merge(preds[n_g:], wins[n_g:], F, out=buf)
             t3 = time.perf_counter()
             fuse_paths(g, loc, 0.01)
             t4 = time.perf_counter()
-            del preds, g, loc
+            del preds, g, loc, gbuf
             busy_max = _mean([max(m["worker_busy"]) for m in mets])
             transfer = _mean([m["transfer"] for m in mets])
             (pc, ps, pf), (mc, ms, mf) = ([_mean([u[j][k] for u in us]) for k in range(3)] for j in range(2))
@@ -646,7 +648,7 @@ def _bench_datapath(a, recipe, native, rx, src):
                   f"returned {_mb(back)} ({back / latent.nbytes:.2f} latents: windows overlap ~{back / latent.nbytes:.0f}x)")
             print(f"    predict {1e3 * _med(tp):.0f} ms = executor 'transfer' {1e3 * transfer:.0f} (ray.put of the "
                   f"latent [{1e3 * t_slice:.0f} alone], object-store put/get, torch views of results) + slowest no-op actor busy "
-                  f"{1e3 * busy_max:.0f} (x[:, idx] per window from the mapped latent, the copies Worker.predict makes); driver CPU "
+                  f"{1e3 * busy_max:.0f} (a fresh copy of x[:, idx] per window from the mapped latent, as a model output); driver CPU "
                   f"{1e3 * pc:.0f} ms ({1e3 * ps:.0f} sys, {pf / 1e3:.0f}k page faults)")
             print(f"    merge {1e3 * _med(tm):.0f} ms in the step (driver CPU {1e3 * mc:.0f} ms, {1e3 * ms:.0f} sys, "
                   f"{mf / 1e3:.0f}k page faults) vs {1e3 * (t1 - t0):.0f} ms alone = WLS global {1e3 * (t2 - t1):.0f} + "

@@ -288,11 +288,12 @@ class RayExecutor(Executor):
 
     # -- calls that survive a worker loss -----------------------------------------------
     def _submit(self, k: int, method: str, args: tuple):
-        if method == "predict_step":  # each kept prediction and the busy seconds: an object each
-            n = 1 + (sum(keep for *_, keep in args[1]) if args[3] else 0)
-            return list(getattr(self.workers[k], method).options(num_returns=n).remote(*args)) if n > 1 else \
-                [getattr(self.workers[k], method).remote(*args)]
-        return getattr(self.workers[k], method).remote(*args)
+        call = getattr(self.workers[k], method)
+        if method != "predict_step":
+            return call.remote(*args)
+        n = 1 + (sum(keep for *_, keep in args[1]) if args[3] else 0)  # each kept prediction, then busy
+        refs = call.options(num_returns=n).remote(*args)
+        return refs if n > 1 else [refs]
 
     def _get(self, k: int, ref, method: str, args: tuple, phase: str):
         """The result of ``ref`` (worker ``k``'s ``method(*args)``); re-submitted to the
@@ -376,7 +377,8 @@ class RayExecutor(Executor):
             have = {w.frames for w in wins if w.role == "anchor"}
             extra = [by_frames[a] for a in dict.fromkeys(w.anchor for w in wins if w.role == "follow")
                      if a not in have]
-            items = [(frame_index(w.frames), w, keep) for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
+            items = [(frame_index(w.frames), w, keep)
+                     for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
             calls.append((idxs, k, items))
         results = self._run_predict([(k, items) for _, k, items in calls], frames)
         sent = lat.nbytes * (1 if len(frames) == 1 else len(calls) * self.parallel.group_size)

@@ -49,6 +49,7 @@ class Worker:
         self._arrays: dict = {}
         self._blends: dict = {}
         self.patches: dict | None = None
+        """The patches :meth:`prepare` installed (plain data, ``Planner.patches()``)."""
         self.prepared: str | None = None
         """Conditioning version of the render :meth:`prepare` keeps here (None: none)."""
         self.busy = 0.0
