@@ -341,7 +341,7 @@ class RayExecutor(Executor):
         hold them: once per render, and again to a restarted actor."""
         todo = [k for k in ranks if k not in self.prepared]
         if todo:
-            self._run_all([(k, "prepare", (self.version, self.cond_ref, self.patches)) for k in todo], "prepare")
+            self._run_all([(k, "prepare", (self.version, self.cond_ref, self.patches)) for k in todo], "predict")
             self.prepared.update(todo)
 
     def _latent_args(self, lat: np.ndarray) -> list:
