@@ -204,7 +204,7 @@ class NoopWorker:
     def prepare(self, version, conds, patches):
         return True
 
-    def predict_step(self, version, items, epoch, reply, *frames):
+    def predict_step(self, version, items, epoch, reply, apart, *frames):
         import numpy as np
         import torch
 
@@ -219,7 +219,7 @@ class NoopWorker:
                 out.append(y)
         busy = time.perf_counter() - t0
         self.busy += busy
-        return (*out, busy)
+        return (*out, busy) if apart else (out, busy)
 
 
 class _MemWatch:

@@ -52,9 +52,10 @@ class ClusterError(RuntimeError):
     """The cluster cannot host the requested workers, or cannot be reached."""
 
 
-INLINE_PIECE = 96 * 1024
-"""Bytes of a latent piece sent inside a call: Ray carries an argument of up to 100 KiB
-(``max_direct_call_object_size``) in the call itself and puts a larger one in the object store."""
+INLINE_BYTES = 96 * 1024
+"""Bytes of an array sent inside a call or its reply (a latent piece, a prediction): Ray carries
+an object of up to 100 KiB (``max_direct_call_object_size``) in the message itself and puts a
+larger one in the object store."""
 INLINE_PIECES = 16
 """A latent of at most this many pieces travels inside each call (no object-store put and read
 per step: what dominates a small render's step); a larger one is put once per step."""
@@ -291,7 +292,7 @@ class RayExecutor(Executor):
         call = getattr(self.workers[k], method)
         if method != "predict_step":
             return call.remote(*args)
-        n = 1 + (sum(keep for *_, keep in args[1]) if args[3] else 0)  # each kept prediction, then busy
+        n = 1 + (sum(keep for *_, keep in args[1]) if args[3] and args[4] else 0)  # apart: each kept prediction
         refs = call.options(num_returns=n).remote(*args)
         return refs if n > 1 else [refs]
 
@@ -348,7 +349,7 @@ class RayExecutor(Executor):
         """The latent as ``predict_step`` arguments: a small one in pieces along the frame axis,
         each carried inside the call; a large one as one object-store copy per step (per node),
         which the workers map zero-copy."""
-        n = -(-lat.nbytes // INLINE_PIECE)
+        n = -(-lat.nbytes // INLINE_BYTES)
         if n > min(INLINE_PIECES, lat.shape[1]):
             return [ray.put(lat)]
         return np.array_split(lat, n, axis=1)
@@ -365,6 +366,8 @@ class RayExecutor(Executor):
         self._prepare(range(len(self.workers)))
         lat = latent.numpy()
         frames = self._latent_args(lat)
+        # predictions small enough to ride in the reply come back apart; large ones in one object
+        apart = max(len(w) for w in windows) * lat[:, :1].nbytes <= INLINE_BYTES
         by_frames = {w.frames: w for w in windows if w.role == "anchor"}
         calls = []
         for g, idxs in enumerate(shard(windows, len(self.groups))):
@@ -380,13 +383,14 @@ class RayExecutor(Executor):
             items = [(frame_index(w.frames), w, keep)
                      for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
             calls.append((idxs, k, items))
-        results = self._run_predict([(k, items) for _, k, items in calls], frames)
+        results = self._run_predict([(k, items) for _, k, items in calls], frames, apart)
         sent = lat.nbytes * (1 if len(frames) == 1 else len(calls) * self.parallel.group_size)
         del frames  # the step's object-store copy is freed once no worker holds it
         moved = sent
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
-        for (idxs, k, _), (*out, busy) in zip(calls, results):
+        for (idxs, k, _), values in zip(calls, results):
+            out, busy = (values[:-1], values[-1]) if apart else values[0]
             self.busy[k] += busy
             step_busy[k] += busy
             for i, p in zip(idxs, out):
@@ -413,13 +417,14 @@ class RayExecutor(Executor):
         self.busy[self.groups[0][0]] += busy
         return as_tensor(p)
 
-    def _run_predict(self, calls: list[tuple[int, list]], frames: list) -> list:
+    def _run_predict(self, calls: list[tuple[int, list]], frames: list, apart: bool) -> list:
         """One step's ``(head worker, items)`` calls (one per group) of ``predict_step`` over
-        ``frames`` (:meth:`_latent_args`). Without sequence parallelism each is retried on its
-        own; with it every member of a group runs the call (the first replies) and a lost member
-        re-forms the world and re-runs the step."""
+        ``frames`` (:meth:`_latent_args`), predictions ``apart`` or not; each call's values as a
+        list. Without sequence parallelism each is retried on its own; with it every member of a
+        group runs the call (the first replies) and a lost member re-forms the world and re-runs
+        the step."""
         if self.parallel.group_size == 1:
-            return self._run_all([(k, "predict_step", (self.version, items, self.epoch, True, *frames))
+            return self._run_all([(k, "predict_step", (self.version, items, self.epoch, True, apart, *frames))
                                   for k, items in calls], "predict")
         group_of = {g[0]: g for g in self.groups}
         while True:
@@ -428,7 +433,7 @@ class RayExecutor(Executor):
             refs, heads = [], []
             for k, items in calls:
                 heads.append(len(refs))
-                refs += [self._submit(r, "predict_step", (self.version, items, epoch, r == k, *frames))
+                refs += [self._submit(r, "predict_step", (self.version, items, epoch, r == k, apart, *frames))
                          for r in group_of[k]]
             try:
                 pending = [r[-1] for r in refs]  # a call's values are all there when it ends

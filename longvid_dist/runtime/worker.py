@@ -192,17 +192,18 @@ class Worker:
 
     # -- windows ----------------------------------------------------------------------------
     def predict_step(self, version: str, items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None,
-                     reply: bool, *frames: np.ndarray) -> tuple:
+                     reply: bool, apart: bool, *frames: np.ndarray) -> tuple:
         """:meth:`predict` with the conditions and patches kept by :meth:`prepare` for
         ``version`` (:class:`NotPrepared` when they are not here). ``frames``: the latent, whole
-        or in pieces along the frame axis (small pieces travel inside a Ray call). Returns each
-        kept prediction, then the busy seconds: under Ray each is an object of its own, so small
+        or in pieces along the frame axis (small pieces travel inside a Ray call). Returns
+        ``(predictions, busy)``, or with ``apart`` each kept prediction and then the busy
+        seconds as values of their own: under Ray each is then an object of its own, so small
         predictions travel inside the reply rather than through the object store."""
         if version != self.prepared:
             raise NotPrepared(f"worker {self.rank} holds render {self.prepared}, not {version} (restarted?)")
         x = frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1)
         out, busy = self.predict(version, self._arrays, self.patches, x, items, epoch, reply)
-        return (*out, busy)
+        return (*out, busy) if apart else (out, busy)
 
     def predict(self, version: str, conds: dict[str, dict], patches: dict | None, frames: np.ndarray,
                 items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None = None,
