@@ -27,14 +27,14 @@ the driver and in every worker (OMP_NUM_THREADS=1 before torch is imported).
     fp32 (961 frames at 480x832; 24.1 M values = 96 MB), no model. The REAL ``RayExecutor`` is
     constructed and driven (real __init__: placement group, actors; real ``predict()``: the same
     ``shard()``, one ``ray.put`` of the latent per step that every worker maps zero-copy, the
-    object-store round trip of the predictions, torch views of the results, bytes/transfer/busy
-    metrics), with only its actor class swapped,
+    object-store round trip of the predictions, one object each, torch views of the results,
+    bytes/transfer/busy metrics), with only its actor class swapped,
     inside this process, for ``NoopWorker`` below (``ray_executor.Worker`` is replaced before the
-    executor is constructed): same ``predict`` call, same data handling as ``Worker.predict``
-    (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, ``.numpy()`` back, only
-    kept windows returned), but the "prediction" is the window's input frames. Windows carry
-    their timestep as ``denoise`` sets it. Then ``plan.merge(preds)`` (WLS merge of both paths
-    + GLC fusion). (predict + merge) per step is compared with a plain ``np.copyto`` of as many
+    executor is constructed): same ``prepare`` / ``predict_step`` calls, same data handling as
+    ``Worker.predict`` (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, only
+    kept windows returned), but the "prediction" is a fresh copy of the window's input frames. Windows carry
+    their timestep as ``denoise`` sets it. Then ``plan.merge(preds, out=buf)`` (WLS merge of both
+    paths + GLC fusion) into one buffer allocated before the steps, as ``denoise`` merges. (predict + merge) per step is compared with a plain ``np.copyto`` of as many
     bytes as the executor reports moved (the latent put once + the predictions returned), and
     also with a copy of one latent. Target <= 4x.
 
@@ -179,9 +179,11 @@ def _bounds(windows, shard, cost, workers=2):
 # -- (c) no-op actor ---------------------------------------------------------------------------
 class NoopWorker:
     """Stands in for ``runtime.worker.Worker`` without a model. Same constructor arguments and
-    ``predict`` call; same handling of the data (``as_tensor(frames)``, ``x[:, idx]`` per window,
-    ``.numpy()`` back, only kept windows returned), but the "prediction" is the window's own
-    input frames. Imports are local so Ray ships the class by value from ``__main__``."""
+    ``prepare`` / ``predict_step`` calls; same handling of the data (``as_tensor(frames)``,
+    ``x[:, idx]`` per window, only kept windows returned), but the "prediction" is a fresh copy
+    of the window's own input frames (a model's output is a fresh array; ``x[:, idx]`` is a
+    view when the window's frames are evenly spaced). Imports are local so Ray ships the class
+    by value from ``__main__``."""
 
     def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,),
                  offload="none", keep_text_encoders=False):
@@ -199,19 +201,25 @@ class NoopWorker:
     def encode(self, prompts, guidance):
         return None
 
-    def predict(self, version, conds, patches, frames, items, epoch=None, reply=True):
+    def prepare(self, version, conds, patches):
+        return True
+
+    def predict_step(self, version, items, epoch, reply, apart, *frames):
+        import numpy as np
+        import torch
+
         from longvid_dist.runtime.worker import as_tensor
 
         t0 = time.perf_counter()
-        x = as_tensor(frames)  # [C, n, h, w], as Worker.predict: x[:, idx] below copies
+        x = as_tensor(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1))  # [C, n, h, w]
         out = []
         for idx, w, keep in items:
-            y = x[:, idx].float().cpu().numpy()  # no-op "prediction" of the window's shape
+            y = x[:, idx].clone(memory_format=torch.contiguous_format).numpy()  # no-op "prediction"
             if keep and reply:
                 out.append(y)
         busy = time.perf_counter() - t0
         self.busy += busy
-        return out, busy
+        return (*out, busy) if apart else (out, busy)
 
 
 class _MemWatch:
@@ -525,6 +533,7 @@ def _bench_datapath(a, recipe, native, rx, src):
         state = SamplerState.shared(ex.space.make_scheduler(50))  # timesteps only set gamma(t)
         with _MemWatch() as mem:
             latent = torch.randn(WAN_1MIN, generator=torch.Generator().manual_seed(a.seed))
+            buf = torch.empty_like(latent)  # the loop's merge buffer, reused every step
             src_b = latent.numpy().reshape(-1).view(np.uint8)
             dst_b = np.empty_like(src_b)
             np.copyto(dst_b, src_b)  # fault the pages in
@@ -551,7 +560,7 @@ def _bench_datapath(a, recipe, native, rx, src):
                     preds = ex.predict(latent, wins)
                     t1 = time.perf_counter()
                     u1 = _usage()
-                    merged = plan.merge(preds)
+                    merged = plan.merge(preds, out=buf)
                     t2 = time.perf_counter()
                     u2 = _usage()
                 finally:
@@ -601,7 +610,7 @@ def _bench_datapath(a, recipe, native, rx, src):
             print(f"median per step: predict {_med(tp):.3f}s + merge {_med(tm):.3f}s = {_med(tp) + _med(tm):.3f}s; "
                   f"memcpy of {_mb(moved)} {_med(tc):.3f}s ({gbps:.1f} GB/s)")
             print(f"(c) (predict + merge) / memcpy = {ratio:.2f}x, target <= {TARGET_DATAPATH:.1f}x -> {_verdict(ok)}"
-                  f"  (predict includes the no-op actors' own copies: x[:, idx] per window)")
+                  f"  (predict includes the no-op actors' own copies: one fresh copy per window)")
             coord = _med([m["transfer"] for m in mets]) + _med(tm)
             ratio_coord = coord / _med(tc)
             print(f"(c) coordinator side only: (executor transfer + merge) / memcpy = {ratio_coord:.2f}x "
@@ -619,16 +628,17 @@ def _bench_datapath(a, recipe, native, rx, src):
             back = moved - sent
             preds = [latent[:, list(x.frames)].clone() for x in wins]
             n_g = sum(x.path == "global" for x in wins)
+            gbuf = torch.zeros_like(latent)  # as the plan's global-path buffer: reused, its pages in
             t0 = time.perf_counter()
-            plan.merge(preds)
+            plan.merge(preds, out=buf)
             t1 = time.perf_counter()
-            g = wls_merge(preds[:n_g], wins[:n_g], F)
+            g = wls_merge(preds[:n_g], wins[:n_g], F, out=gbuf)
             t2 = time.perf_counter()
-            loc = wls_merge(preds[n_g:], wins[n_g:], F)
+            loc = wls_merge(preds[n_g:], wins[n_g:], F, out=buf)
             t3 = time.perf_counter()
             fuse_paths(g, loc, 0.01)
             t4 = time.perf_counter()
-            del preds, g, loc
+            del preds, g, loc, gbuf
             busy_max = _mean([max(m["worker_busy"]) for m in mets])
             transfer = _mean([m["transfer"] for m in mets])
             (pc, ps, pf), (mc, ms, mf) = ([_mean([u[j][k] for u in us]) for k in range(3)] for j in range(2))
@@ -638,7 +648,7 @@ def _bench_datapath(a, recipe, native, rx, src):
                   f"returned {_mb(back)} ({back / latent.nbytes:.2f} latents: windows overlap ~{back / latent.nbytes:.0f}x)")
             print(f"    predict {1e3 * _med(tp):.0f} ms = executor 'transfer' {1e3 * transfer:.0f} (ray.put of the "
                   f"latent [{1e3 * t_slice:.0f} alone], object-store put/get, torch views of results) + slowest no-op actor busy "
-                  f"{1e3 * busy_max:.0f} (x[:, idx] per window from the mapped latent, the copies Worker.predict makes); driver CPU "
+                  f"{1e3 * busy_max:.0f} (a fresh copy of x[:, idx] per window from the mapped latent, as a model output); driver CPU "
                   f"{1e3 * pc:.0f} ms ({1e3 * ps:.0f} sys, {pf / 1e3:.0f}k page faults)")
             print(f"    merge {1e3 * _med(tm):.0f} ms in the step (driver CPU {1e3 * mc:.0f} ms, {1e3 * ms:.0f} sys, "
                   f"{mf / 1e3:.0f}k page faults) vs {1e3 * (t1 - t0):.0f} ms alone = WLS global {1e3 * (t2 - t1):.0f} + "

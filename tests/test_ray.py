@@ -184,6 +184,32 @@ def test_worker_that_keeps_dying_is_one_clear_error(tmp_path, tiny_path, ray_loc
     assert not os.path.exists(spec.out)
 
 
+def test_a_worker_restarted_between_steps_gets_the_render_again(tiny_path, ray_local):
+    """Workers keep a render's conditions and patches; one restarted while idle answers
+    NotPrepared and is prepared again, so the step equals the one before the restart."""
+    from dataclasses import replace
+
+    from longvid_dist.methods.windows import direct_windows
+
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=1))
+    try:
+        ex.set_conditions({"main": ("a cat", "blurry")}, 5.0)
+        ex.install(None)
+        latent = torch.randn(16, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+        wins = [replace(direct_windows(5)[0], timestep=np.asarray(500.0, np.float32))]
+        first = ex.predict(latent, wins)[0].clone()
+        victim = ex.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(300):  # until Ray has brought the actor back, without the render
+            if ex.healthy() and ex.worker_pids()[0] != victim:
+                break
+            time.sleep(0.1)
+        again = ex.predict(latent, wins)[0]
+    finally:
+        ex.close()
+    assert ex.restarts == 1 and torch.equal(first, again)
+
+
 def test_reused_executor_renders_each_prompt(tmp_path, tiny_adapter, tiny_path, ray_local):
     """One executor, two renders with different prompts: the second is not the first again."""
     ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))

@@ -4,6 +4,7 @@ tiny tensors (noise parameters, refinement inputs, ABAM roles, SpectralBlend's l
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -111,6 +112,9 @@ class State:
         self.merged.append(merged.clone())
         return latent + 0.0
 
+    def holds(self, t):
+        return False
+
 
 def test_loop_feeds_the_scheduler_timestep_into_gamma_and_refines_every_step(monkeypatch):
     from longvid_dist.sampling.loop import denoise
@@ -129,6 +133,49 @@ def test_loop_feeds_the_scheduler_timestep_into_gamma_and_refines_every_step(mon
         gamma = 0.01 * math.exp(0.002 * t)  # GLC Eq. 9, gamma0 e^(beta t)
         assert torch.allclose(merged, torch.full_like(merged, gamma * 2.0 + (1 - gamma) * -1.0), atol=1e-6)
     assert len({round(float(m.mean()), 6) for m in state.merged}) == 4  # gamma moves with t
+
+
+class Echo(Executor):
+    """Predicts from the latent itself, so a multistep solver's history matters."""
+
+    def predict(self, latent, windows):
+        return [latent[:, list(w.frames)] * 0.9 + 0.1 for w in windows]
+
+
+@pytest.mark.parametrize("scheduler", ["FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
+def test_the_merge_buffer_is_reused_unless_a_scheduler_keeps_it(scheduler):
+    """The loop merges into one buffer every step; a solver that keeps the raw model output in
+    its history (DPM-Solver, epsilon) gets a new one, so the render equals fresh merges."""
+    import diffusers
+
+    from longvid_dist.sampling.loop import denoise
+    from longvid_dist.sampling.state import SamplerState
+
+    dpm = scheduler.startswith("DPM")
+    kw = {"algorithm_type": "dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min"} if dpm else {}
+
+    def render(reuse: bool):
+        planner = Planner(get_recipe("sliding"), SHAPE[1], NATIVE, keyed())
+        plan, merged = planner.plan, []
+
+        def recording(step, t):
+            p = plan(step, t)
+
+            def merge(preds, out=None):
+                merged.append(p.merge(preds, out=out if reuse else None))
+                return merged[-1]
+            return replace(p, merge=merge)
+
+        planner.plan = recording
+        sched = getattr(diffusers, scheduler)(**kw)
+        sched.set_timesteps(5)
+        latent = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+        out = denoise(latent, SamplerState.shared(sched), planner, Echo()).latent
+        return out, len({m.data_ptr() for m in merged})
+
+    (reused, buffers), (fresh, _) = render(True), render(False)
+    assert torch.equal(reused, fresh)
+    assert buffers == (5 if dpm else 1)
 
 
 def test_abam_roles_per_path():

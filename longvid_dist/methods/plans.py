@@ -24,8 +24,10 @@ class StepPlan:
 
     windows: list[Window]
     """Every model call of the step, in merge order (anchors before their followers)."""
-    merge: Callable[[list[torch.Tensor]], torch.Tensor] = field(repr=False)
-    """Predictions (aligned with ``windows``) -> merged ``[C, F, h, w]`` prediction."""
+    merge: Callable[..., torch.Tensor] = field(repr=False)
+    """``merge(preds, out=None)``: predictions (aligned with ``windows``) -> merged ``[C, F, h, w]``
+    prediction, written into ``out`` (an fp32 buffer of that shape) when given and the merge
+    makes a new tensor; it may also return a prediction passed through, or a fresh tensor."""
 
 
 WINDOW = Param(INT_OR_NULL, None, "a positive integer (latent frames) or null for the model's native clip",
@@ -57,7 +59,7 @@ def _check_stride(recipe, section) -> str | None:
 def direct_plan(params, num_frames, window, stride, anchored, rng):
     """Direct sampling: one window over the whole video, returned unchanged by the merge."""
     wins = direct_windows(num_frames)
-    plan = StepPlan(wins, lambda preds: wls_merge(preds, wins, num_frames))
+    plan = StepPlan(wins, lambda preds, out=None: wls_merge(preds, wins, num_frames, out=out))
     return lambda step, t: plan
 
 
@@ -68,7 +70,7 @@ def sliding_plan(params, num_frames, window, stride, anchored, rng):
     wins = sliding_windows(num_frames, window, stride, params["profile"])
     if anchored:
         wins = with_anchor(wins)
-    plan = StepPlan(wins, lambda preds: wls_merge(preds, wins, num_frames))
+    plan = StepPlan(wins, lambda preds, out=None: wls_merge(preds, wins, num_frames, out=out))
     return lambda step, t: plan
 
 
@@ -97,17 +99,17 @@ def glc_plan(params, num_frames, window, stride, anchored, rng):
             glob, loc = with_anchor(glob), with_anchor(loc)
         n = len(glob)
         if not loc:
-            return StepPlan(glob, lambda preds: wls_merge(preds, glob, F))
+            return StepPlan(glob, lambda preds, out=None: wls_merge(preds, glob, F, out=out))
         if not glob:
-            return StepPlan(loc, lambda preds: wls_merge(preds, loc, F))
+            return StepPlan(loc, lambda preds, out=None: wls_merge(preds, loc, F, out=out))
         if p["fusion"] == "freespec":  # spectral fusion of the two merged paths, at the coordinator
             from .spectral import freespec_fuse_paths
 
-            return StepPlan(glob + loc, lambda preds: freespec_fuse_paths(
-                global_merge(preds[:n], glob), wls_merge(preds[n:], loc, F), tau=p["tau"]))
-        gamma = glc_gamma(t, p["gamma0"], p["beta"])
-        return StepPlan(glob + loc, lambda preds: fuse_paths(global_merge(preds[:n], glob),
-                                                             wls_merge(preds[n:], loc, F), gamma))
+            return StepPlan(glob + loc, lambda preds, out=None: freespec_fuse_paths(
+                global_merge(preds[:n], glob), wls_merge(preds[n:], loc, F, out=out), tau=p["tau"]))
+        gamma = glc_gamma(t, p["gamma0"], p["beta"])  # fused into the local merge, in out
+        return StepPlan(glob + loc, lambda preds, out=None: fuse_paths(global_merge(preds[:n], glob),
+                                                                       wls_merge(preds[n:], loc, F, out=out), gamma))
 
     return step_plan
 

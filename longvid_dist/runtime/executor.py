@@ -18,7 +18,7 @@ import torch
 
 from ..methods.windows import Window
 from ..models.base import LatentSpace
-from .worker import Worker, as_tensor
+from .worker import Worker, as_tensor, frame_index
 
 
 class CacheLost(RuntimeError):
@@ -99,7 +99,7 @@ class LocalExecutor(Executor):
         self.worker.install(patches)
 
     def predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
-        items = [(list(w.frames), w, True) for w in windows]  # the whole latent is "this worker's frames"
+        items = [(frame_index(w.frames), w, True) for w in windows]  # the whole latent is "this worker's frames"
         out, _ = self.worker.predict(self.version, self.conds, self.patches, latent.numpy(), items)
         return [as_tensor(p) for p in out]
 

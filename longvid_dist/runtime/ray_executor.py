@@ -32,7 +32,7 @@ from ..config import ParallelConfig, resolve_dtype
 from ..methods.windows import Window
 from ..models.base import BRANCHES, combine_guidance
 from .executor import CacheLost, Executor
-from .worker import Worker, as_tensor
+from .worker import NotPrepared, Worker, as_tensor, frame_index
 
 # Ray 2.60 turns token authentication on by default and reads RAY_AUTH_MODE at import time.
 # We choose it deliberately, before importing ray: a user's setting wins; otherwise "token",
@@ -51,6 +51,15 @@ except ImportError:  # pragma: no cover - ray is a dependency
 
 class ClusterError(RuntimeError):
     """The cluster cannot host the requested workers, or cannot be reached."""
+
+
+INLINE_BYTES = 96 * 1024
+"""Bytes of an array sent inside a call or its reply (a latent piece, a prediction): Ray carries
+an object of up to 100 KiB (``max_direct_call_object_size``) in the message itself and puts a
+larger one in the object store."""
+INLINE_PIECES = 16
+"""A latent of at most this many pieces travels inside each call (no object-store put and read
+per step: what dominates a small render's step); a larger one is put once per step."""
 
 
 def _window_cost(w: Window) -> float:
@@ -223,6 +232,8 @@ class RayExecutor(Executor):
         self.cond_ref = None
         self.version = ""
         self.patches: dict | None = None
+        self.prepared: set[int] = set()
+        """Workers holding this render's conditions and patches (``Worker.prepare``)."""
         self.metrics: list[dict] = []
         self.busy = [0.0] * n
         try:
@@ -276,26 +287,38 @@ class RayExecutor(Executor):
             raise ClusterError(f"sequence-parallel group lost {self.restarts} times; giving up ({reason})")
         for w in self.workers:
             ray.kill(w, no_restart=False)
+        self.prepared.clear()
         time.sleep(0.2)
         self._run_all([(k, "warm", ()) for k in range(len(self.workers))], "model load")
         self._form_world()
 
     # -- calls that survive a worker loss -----------------------------------------------
     def _submit(self, k: int, method: str, args: tuple):
-        return getattr(self.workers[k], method).remote(*args)
+        call = getattr(self.workers[k], method)
+        if method != "predict_step":
+            return call.remote(*args)
+        n = 1 + (sum(keep for *_, keep in args[1]) if args[3] and args[4] else 0)  # apart: each kept prediction
+        refs = call.options(num_returns=n).remote(*args)
+        return refs if n > 1 else [refs]
 
     def _get(self, k: int, ref, method: str, args: tuple, phase: str):
         """The result of ``ref`` (worker ``k``'s ``method(*args)``); re-submitted to the
-        restarted actor when the worker died, up to ``max_restarts`` times."""
+        restarted actor (prepared again for ``predict_step``) when the worker died, up to
+        ``max_restarts`` times."""
         for attempt in range(self.max_restarts + 1):
             try:
                 return ray.get(ref)
-            except RayActorError as e:
+            except (RayActorError, RayTaskError) as e:
+                if isinstance(e, RayTaskError) and not isinstance(e.cause, NotPrepared):
+                    raise
                 self.restarts += 1
                 if attempt == self.max_restarts:
                     raise ClusterError(f"worker {k} died {attempt + 1} times during {phase}; giving up "
                                        f"({type(e).__name__})") from None
                 time.sleep(0.2 * attempt)  # let Ray bring the actor back
+                self.prepared.discard(k)  # a restarted actor holds no render
+                if method == "predict_step":
+                    self._prepare([k])
                 ref = self._submit(k, method, args)
 
     def _run_all(self, calls: list[tuple[int, str, tuple]], phase: str) -> list:
@@ -314,9 +337,28 @@ class RayExecutor(Executor):
         self._get(0, ref, "encode", args, "prompt encoding")
         self.cond_ref = ref
         self.version = uuid.uuid4().hex
+        self.prepared = set()
 
     def install(self, patches: dict | None) -> None:
-        self.patches = patches  # sent with every call, so a restarted actor gets them too
+        self.patches = patches  # sent with the conditions when a worker is prepared
+        self.prepared = set()
+
+    def _prepare(self, ranks) -> None:
+        """Send this render's conditions and patches to the workers of ``ranks`` that do not
+        hold them: once per render, and again to a restarted actor."""
+        todo = [k for k in ranks if k not in self.prepared]
+        if todo:
+            self._run_all([(k, "prepare", (self.version, self.cond_ref, self.patches)) for k in todo], "predict")
+            self.prepared.update(todo)
+
+    def _latent_args(self, lat: np.ndarray) -> list:
+        """The latent as ``predict_step`` arguments: a small one in pieces along the frame axis,
+        each carried inside the call; a large one as one object-store copy per step (per node),
+        which the workers map zero-copy."""
+        n = -(-lat.nbytes // INLINE_BYTES)
+        if n > min(INLINE_PIECES, lat.shape[1]):
+            return [ray.put(lat)]
+        return np.array_split(lat, n, axis=1)
 
     def predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         """Each window's guided prediction. With fewer windows than worker groups (a diffusion-
@@ -332,16 +374,21 @@ class RayExecutor(Executor):
         return [self._combine(c, u) for c, u in zip(preds[0::2], preds[1::2])]
 
     def _predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
-        """Each group's windows on its head worker. The latent goes into the object store once
-        per step (``ray.put``): workers on a node map that one copy read-only, zero-copy, and
-        each slices the frames its windows read; a node without it pulls it once for all its
-        workers. Items carry frame indices into the whole latent. Predictions come back as numpy
-        arrays that the merge reads in place (zero-copy views of the returned objects)."""
+        """Each group's windows on its head worker; a call carries only the latent and the
+        windows (the render's conditions and patches are kept on the workers). A large latent
+        goes into the object store once per step (``ray.put``): workers on a node map that one
+        copy read-only, zero-copy, and each slices the frames its windows read; a node without
+        it pulls it once for all its workers. A small one travels inside each call. Items carry
+        frame indices into the whole latent. Predictions come back as numpy arrays that the
+        merge reads in place (zero-copy views of the returned objects)."""
         t0 = time.perf_counter()
+        self._prepare(range(len(self.workers)))
         lat = latent.numpy()
-        lat_ref = ray.put(lat)  # one shared copy per step (per node), not one slice per worker
+        frames = self._latent_args(lat)
+        # predictions small enough to ride in the reply come back apart; large ones in one object
+        apart = max(len(w) for w in windows) * lat[:, :1].nbytes <= INLINE_BYTES
         by_frames = {w.frames: w for w in windows if w.role == "anchor"}
-        calls, moved = [], lat.nbytes
+        calls = []
         for g, idxs in enumerate(shard(windows, len(self.groups))):
             if not idxs:
                 continue
@@ -352,14 +399,17 @@ class RayExecutor(Executor):
             have = {w.frames for w in wins if w.role == "anchor"}
             extra = [by_frames[a] for a in dict.fromkeys(w.anchor for w in wins if w.role == "follow")
                      if a not in have]
-            items = [(list(w.frames), w, keep) for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
-            calls.append((idxs, (k, "predict", (self.version, self.cond_ref, self.patches, lat_ref, items,
-                                                self.epoch))))
-        results = self._run_predict([c for _, c in calls])
-        del lat_ref  # the step's copy is freed once no worker holds it
+            items = [(frame_index(w.frames), w, keep)
+                     for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
+            calls.append((idxs, k, items))
+        results = self._run_predict([(k, items) for _, k, items in calls], frames, apart)
+        sent = lat.nbytes * (1 if len(frames) == 1 else len(calls) * self.parallel.group_size)
+        del frames  # the step's object-store copy is freed once no worker holds it
+        moved = sent
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
-        for (idxs, (k, _, _)), (out, busy) in zip(calls, results):
+        for (idxs, k, _), values in zip(calls, results):
+            out, busy = (values[:-1], values[-1]) if apart else values[0]
             self.busy[k] += busy
             step_busy[k] += busy
             for i, p in zip(idxs, out):
@@ -400,28 +450,32 @@ class RayExecutor(Executor):
         dtype = getattr(torch, self.dtype)
         return combine_guidance(cond.to(dtype), uncond.to(dtype), self.guidance).float()
 
-    def _run_predict(self, calls: list[tuple[int, str, tuple]]) -> list:
-        """One step's predict calls (one per group). Without sequence parallelism each is
-        retried on its own; with it every member of a group runs the call (the first replies)
-        and a lost member re-forms the world and re-runs the step."""
+    def _run_predict(self, calls: list[tuple[int, list]], frames: list, apart: bool) -> list:
+        """One step's ``(head worker, items)`` calls (one per group) of ``predict_step`` over
+        ``frames`` (:meth:`_latent_args`), predictions ``apart`` or not; each call's values as a
+        list. Without sequence parallelism each is retried on its own; with it every member of a
+        group runs the call (the first replies) and a lost member re-forms the world and re-runs
+        the step."""
         if self.parallel.group_size == 1:
-            return self._run_all(calls, "predict")
+            return self._run_all([(k, "predict_step", (self.version, items, self.epoch, True, apart, *frames))
+                                  for k, items in calls], "predict")
         group_of = {g[0]: g for g in self.groups}
         while True:
+            self._prepare(range(len(self.workers)))  # again after the world was re-formed
             epoch = self.epoch
             refs, heads, members = [], [], []
-            for k, m, args in calls:
-                args = (*args[:-1], epoch)
+            for k, items in calls:
                 heads.append(len(refs))
                 members += [r for r in group_of[k] if r != k]
-                refs += [self._submit(r, m, (*args, r == k)) for r in group_of[k]]
+                refs += [self._submit(r, "predict_step", (self.version, items, epoch, r == k, apart, *frames))
+                         for r in group_of[k]]
             try:
-                pending = list(refs)
+                pending = [r[-1] for r in refs]  # a call's values are all there when it ends
                 while pending:  # the first failure ends the wait: other members may be blocked on it
                     done, pending = ray.wait(pending, num_returns=1)
                     ray.get(done[0])
                 for r, i in zip(members, sorted(set(range(len(refs))) - set(heads))):
-                    self.busy[r] += ray.get(refs[i])[1]  # the members' share (the head's is counted by the caller)
+                    self.busy[r] += ray.get(refs[i][0])[-1]  # the members' share (the head's is counted by the caller)
                 return [ray.get(refs[i]) for i in heads]
             except (RayActorError, RayTaskError) as e:
                 self._reform_world(f"{type(e).__name__}")

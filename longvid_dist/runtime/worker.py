@@ -21,6 +21,11 @@ import torch
 from ..methods.windows import Window
 
 
+class NotPrepared(LookupError):
+    """This replica holds no render of the version asked for (a restarted actor): the executor
+    prepares it again (:meth:`Worker.prepare`) and repeats the call."""
+
+
 class Worker:
     """One model replica on one device."""
 
@@ -45,6 +50,10 @@ class Worker:
         self.cond_version: str | None = None
         self._arrays: dict = {}
         self._blends: dict = {}
+        self.patches: dict | None = None
+        """The patches :meth:`prepare` installed (plain data, ``Planner.patches()``)."""
+        self.prepared: str | None = None
+        """Conditioning version of the render :meth:`prepare` keeps here (None: none)."""
         self.busy = 0.0
         """Seconds spent predicting, over the worker's life."""
         self.epoch: int | None = None
@@ -174,13 +183,35 @@ class Worker:
         attention, rope = build_patches(patches, adapter.model_info())
         adapter.install(attention, rope, key=key)
 
+    def prepare(self, version: str, conds: dict[str, dict], patches: dict | None) -> bool:
+        """Keep a render's conditions (``version``) and patches on this replica, so that every
+        step's :meth:`predict_step` carries only the latent and the windows."""
+        self.install(patches)
+        self._conditions(version, conds)
+        self.patches, self.prepared = patches, version
+        return True
+
     # -- windows ----------------------------------------------------------------------------
+    def predict_step(self, version: str, items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None,
+                     reply: bool, apart: bool, *frames: np.ndarray) -> tuple:
+        """:meth:`predict` with the conditions and patches kept by :meth:`prepare` for
+        ``version`` (:class:`NotPrepared` when they are not here). ``frames``: the latent, whole
+        or in pieces along the frame axis (small pieces travel inside a Ray call). Returns
+        ``(predictions, busy)``, or with ``apart`` each kept prediction and then the busy
+        seconds as values of their own: under Ray each is then an object of its own, so small
+        predictions travel inside the reply rather than through the object store."""
+        if version != self.prepared:
+            raise NotPrepared(f"worker {self.rank} holds render {self.prepared}, not {version} (restarted?)")
+        x = frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1)
+        out, busy = self.predict(version, self._arrays, self.patches, x, items, epoch, reply)
+        return (*out, busy) if apart else (out, busy)
+
     def predict(self, version: str, conds: dict[str, dict], patches: dict | None, frames: np.ndarray,
-                items: list[tuple[list[int], Window, bool]], epoch: int | None = None,
+                items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None = None,
                 reply: bool = True) -> tuple[list[np.ndarray], float]:
         """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the whole latent, read
         only: under Ray one object-store copy per step shared by the node's workers, zero-copy).
-        ``items``: per window ``(indices into frames, window, keep)``, anchors
+        ``items``: per window ``(indices into frames (:func:`frame_index`), window, keep)``, anchors
         before their followers; returns the kept predictions ``[C, len(window), h, w]`` and the
         busy seconds. Each window's noise level is its ``timestep``.
 
@@ -195,7 +226,7 @@ class Worker:
         self._conditions(version, conds)
         if "per_frame_timesteps" not in adapter.family.capabilities and any(np.ndim(w.timestep) for _, w, _ in items):
             raise ValueError(f"{adapter.family.name} models take one timestep per window, not one per frame")
-        x = as_tensor(frames)  # [C, n, h, w]; x[:, idx] below copies
+        x = as_tensor(frames)  # [C, n, h, w]; x[:, idx] is a view for a slice, a copy for a list
         adapter.begin_step()  # anchors record keys/values for the followers after them
         out = []
         for idx, w, keep in items:
@@ -251,6 +282,15 @@ class Worker:
     def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
         """All pixels of ``latent[:, skip:]`` as one uint8 ``[n, H, W, 3]`` array."""
         return np.concatenate(list(self.iter_decode(latent, chunk, skip)))
+
+
+def frame_index(frames: Sequence[int]) -> slice | list[int]:
+    """Index of ``frames`` on a latent's frame axis: a slice (``x[:, idx]`` is then a view, no
+    copy) when they are evenly spaced and increasing, as most windows' are; else a list."""
+    step = frames[1] - frames[0] if len(frames) > 1 else 1
+    if frames and step > 0 and all(b - a == step for a, b in zip(frames, frames[1:])):
+        return slice(frames[0], frames[-1] + 1, step)
+    return list(frames)
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from ..runtime.executor import Executor
 from .planner import Planner
-from .state import SamplerState
+from .state import SamplerState, same_memory
 
 
 @dataclass
@@ -47,10 +47,12 @@ def denoise(latent: torch.Tensor, state: SamplerState, planner: Planner, executo
 
     Every window carries its noise level (``Window.timestep``); window predictions are merged
     into one prediction for the whole latent and the scheduler steps once per timestep (DESIGN
-    decision 1), so multistep solvers keep their history.
+    decision 1), so multistep solvers keep their history. The merge writes into one buffer
+    reused every step (no fresh latent-sized allocation), replaced when a scheduler keeps it.
     """
     executor.install(planner.patches())
     result = LoopResult(latent)
+    buf = torch.empty_like(latent)  # the merged prediction, overwritten each step
     for i in range(start, state.num_steps):  # resumed: earlier steps are in latent and state
         level = state.noise_level(i)  # 0-d, or [F] when frames have their own timesteps
         t = float(level.max())
@@ -59,10 +61,12 @@ def denoise(latent: torch.Tensor, state: SamplerState, planner: Planner, executo
         t0 = time.perf_counter()
         preds = executor.predict(latent, windows)
         t1 = time.perf_counter()
-        merged = plan.merge(preds)  # [C, F, h, w]
+        merged = plan.merge(preds, out=buf)  # [C, F, h, w]
         t2 = time.perf_counter()
         stepped = state.step(merged, i, latent)
         latent = planner.refine(executor.space, stepped, latent, merged, state.scheduler, i)
+        if state.holds(buf) or same_memory(latent, buf):  # kept past this step: never overwrite it
+            buf = torch.empty_like(latent)
         t3 = time.perf_counter()
         stats = StepStats(i, t, len(windows), t1 - t0, t2 - t1, t3 - t2)
         result.steps.append(stats)

@@ -105,7 +105,7 @@ class Planner:
         if self.chunks is not None:
             from ..methods.windows import direct_windows
 
-            return StepPlan(direct_windows(self.window), lambda preds: preds[0])
+            return StepPlan(direct_windows(self.window), lambda preds, out=None: preds[0])
         plan = self._step_plan(step, t)
         if self.conds is None:
             return plan

@@ -79,6 +79,12 @@ class SamplerState:
                                return_dict=False)[0][0]
         return out
 
+    def holds(self, t: torch.Tensor) -> bool:
+        """Whether a scheduler keeps a tensor over ``t``'s memory (a view included), e.g. a
+        multistep solver keeping the model output in its history: ``t`` must then not be
+        overwritten."""
+        return any(same_memory(x, t) for s in self.schedulers for x in _tensors(vars(s)))
+
     # -- serialization (checkpoints) ------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """``(tensors, meta)``: every scheduler's class, config and attributes, with tensors
@@ -108,6 +114,23 @@ class SamplerState:
                 setattr(s, k, _decode(v, tensors))
             scheds.append(s)
         return cls(scheds, per_frame=bool(meta["per_frame"]), in_place=bool(meta.get("in_place", False)))
+
+
+def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are views of one storage."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _tensors(v):
+    """Every tensor in ``v`` (nested in lists, tuples and dicts)."""
+    if isinstance(v, torch.Tensor):
+        yield v
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _tensors(x)
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _tensors(x)
 
 
 def _encode(v, key: str, tensors: dict):
