@@ -24,7 +24,7 @@ from longvid_dist.runtime.executor import LocalExecutor
 from longvid_dist.runtime.ray_executor import RayExecutor
 from longvid_dist.sampling.chunks import denoise_forcing
 
-from .test_ray import _cli, kill_after_checkpoint
+from .test_ray import _cli, kill_after_checkpoint, render_killing
 
 pytestmark = pytest.mark.ray
 
@@ -166,22 +166,7 @@ def test_causal_rollout_branches_on_two_workers_survive_a_kill(tmp_path, tiny_ad
     ref = RenderSpec(**kw, out=str(tmp_path / "ref.mkv"))
     render(ref, executor=LocalExecutor(tiny_adapter), progress=False)
     ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
-    calls = [0]
-    real = ex.predict_block
-    victim = ex.worker_pids()[1]
-
-    def counting(*a, **k):  # kill the uncond worker once, in the third block
-        calls[0] += 1
-        if calls[0] == 2 * 5 + 3:
-            os.kill(victim, signal.SIGKILL)
-        return real(*a, **k)
-
-    ex.predict_block = counting
     spec = RenderSpec(**kw, out=str(tmp_path / "killed.mkv"))
-    try:
-        render(spec, executor=ex, progress=False)
-        busy = [w["busy"] for w in ex.report()["workers"]]
-    finally:
-        ex.close()
-    assert calls[0] > 2 * 5 + 3 and ex.restarts >= 1 and min(busy) > 0
+    calls, report = render_killing(ex, spec, ex.worker_pids()[1], 2 * 5 + 3)  # the uncond worker, third block
+    assert calls > 2 * 5 + 3 and ex.restarts >= 1 and min(w["busy"] for w in report["workers"]) > 0
     assert np.array_equal(read_frames(spec.out), read_frames(ref.out))

@@ -295,6 +295,26 @@ def test_cli_bad_cluster_inputs(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def render_killing(ex, spec: RenderSpec, victim: int, at: int, method: str = "predict_block") -> tuple[int, dict]:
+    """Render ``spec`` on ``ex``, SIGKILLing process ``victim`` once, as the ``at``-th call of
+    ``ex.<method>`` starts; closes ``ex``. Returns the number of calls and ``ex``'s report."""
+    calls = [0]
+    real = getattr(ex, method)
+
+    def counting(*a, **k):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(victim, signal.SIGKILL)
+        return real(*a, **k)
+
+    setattr(ex, method, counting)
+    try:
+        render(spec, executor=ex, progress=False)
+        return calls[0], ex.report()
+    finally:
+        ex.close()
+
+
 def test_worker_killed_mid_rollout_rewrites_its_kv_cache(tmp_path, tiny_adapter, tiny_path, ray_local):
     """Causal rollout keeps its KV cache on one worker: killed mid-chunk, the restarted worker
     gets the cache re-written from the finished blocks, and the video is unchanged."""
@@ -302,21 +322,7 @@ def test_worker_killed_mid_rollout_rewrites_its_kv_cache(tmp_path, tiny_adapter,
     ref = RenderSpec(**kw, out=str(tmp_path / "ref.mkv"))
     render(ref, executor=LocalExecutor(tiny_adapter), progress=False)
     ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=1))
-    calls = [0]
-    real = ex.predict_block
-    victim = ex.worker_pids()[0]
-
-    def counting(*a, **k):  # kill the worker once, after the third block has started
-        calls[0] += 1
-        if calls[0] == 3 * 5 + 2:
-            os.kill(victim, signal.SIGKILL)
-        return real(*a, **k)
-
-    ex.predict_block = counting
     spec = RenderSpec(**kw, out=str(tmp_path / "killed.mkv"))
-    try:
-        render(spec, executor=ex, progress=False)
-    finally:
-        ex.close()
-    assert calls[0] > 3 * 5 + 2 and ex.restarts >= 1
+    calls, _ = render_killing(ex, spec, ex.worker_pids()[0], 3 * 5 + 2)  # after the third block has started
+    assert calls > 3 * 5 + 2 and ex.restarts >= 1
     assert np.array_equal(read_frames(spec.out), read_frames(ref.out))
