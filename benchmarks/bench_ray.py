@@ -186,7 +186,7 @@ class NoopWorker:
     by value from ``__main__``."""
 
     def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,),
-                 offload="none", keep_text_encoders=False):
+                 offload="none", keep_text_encoders=False, lora=()):
         import torch
 
         torch.set_num_threads(max(threads, 1))
