@@ -83,13 +83,15 @@ def test_guidance_branches_stay_together_without_guidance(df_adapter, df_path, r
     assert steps and all(sorted(b > 0 for b in s["worker_busy"]) == [False, True] for s in steps)
 
 
-def test_segment_split_over_a_sequence_parallel_group_equals_local(tmp_path, df_adapter, ray_local):
-    """--workers 2 --ulysses-degree 2: each forward of a segment (block-causal, a timestep per
-    frame) split over the pair; the video equals the local render."""
+@pytest.mark.parametrize("ulysses,ring", [(2, 1), (1, 2)], ids=["U2", "R2"])
+def test_segment_split_over_a_sequence_parallel_group_equals_local(tmp_path, df_adapter, ray_local, ulysses, ring):
+    """--workers 2 --ulysses-degree 2 / --ring-degree 2: each forward of a segment (block-causal, a
+    timestep per frame) split over the pair -- under ring each rank owns whole causal blocks and
+    sends its keys/values forward only; the video equals the local render."""
     ref = _spec(tmp_path, "ref.mkv")
     render(ref, executor=LocalExecutor(df_adapter), progress=False)
     spec = _spec(tmp_path, "sp.mkv")
-    render(spec, ParallelConfig(workers=2, ulysses_degree=2), progress=False)
+    render(spec, ParallelConfig(workers=2, ulysses_degree=ulysses, ring_degree=ring), progress=False)
     assert np.array_equal(read_frames(spec.out), read_frames(ref.out))
     side = json.loads(Path(spec.out + ".json").read_text())
     assert all(w["busy"] > 0 for w in side["workers"])

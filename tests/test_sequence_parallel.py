@@ -46,7 +46,8 @@ def test_family_split_forward_equals_single_process(tmp_path, model, ulysses, ri
 def test_diffusion_forcing_split_forward_equals_single_process(tmp_path, ulysses, ring):
     """SkyReels-V2 DF (the adapter's plan: per-token modulation split in every block): a
     timestep per latent frame and the block-causal mask, split over the group (81 tokens: padded),
-    equal the unsplit forward."""
+    equal the unsplit forward; under ring each rank owns whole causal blocks (chunks aligned to
+    them) and receives keys/values from the ranks before it only."""
     reference = run_cases(load("tiny-skyreels-df"), "tiny-skyreels-df")
     got = split_forward(ulysses, ring, str(tmp_path / "out.pt"), "tiny-skyreels-df")
     assert sorted(got) == sorted(DF_CASES)

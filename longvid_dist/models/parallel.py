@@ -53,6 +53,10 @@ class SequenceParallel:
     """This rank's index in its ring group."""
     seq_len: int = 0
     """Real tokens of the current forward (set by :meth:`shard`)."""
+    align: int = 1
+    """Tokens every chunk boundary falls on: a causal block's tokens when the adapter runs a
+    block-causal forward under ring (each ring rank then owns whole blocks, and keys/values only
+    flow forward: :meth:`_ring_gather_forward`); 1 otherwise."""
 
     @property
     def size(self) -> int:
@@ -65,8 +69,9 @@ class SequenceParallel:
         return self.ring_rank * self.ulysses + self.ulysses_rank
 
     def padded(self, n: int) -> int:
-        """``n`` rounded up to a multiple of the group size."""
-        return -(-n // self.size) * self.size
+        """``n`` rounded up to a multiple of the group size (times :attr:`align`)."""
+        unit = self.size * self.align
+        return -(-n // unit) * unit
 
     # -- split and gather along the sequence ------------------------------------------------
     def shard(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -91,7 +96,8 @@ class SequenceParallel:
         attention for the base class); returns this rank's ``[B, S/P, H, D]`` output rows."""
         q, k, v = (self._to_heads(x) for x in (q, k, v))  # [B, S_pad/R, H/U, D]
         plain = type(patch).attend is AttentionPatch.attend
-        k, v = self._ring_gather(k), self._ring_gather(v)  # [B, S_pad, H/U, D]
+        gather = self._ring_gather_forward if plain and ctx.mask is not None and self.align > 1 else self._ring_gather
+        k, v = gather(k), gather(v)  # [B, S_pad, H/U, D]
         k, v = k[:, : self.seq_len], v[:, : self.seq_len]
         if plain:
             mask = None
@@ -171,6 +177,22 @@ class SequenceParallel:
         if self.ring == 1:
             return x
         return torch.cat(_all_gather(x, self.ring_group), dim=1)
+
+    def _ring_gather_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_ring_gather` for a block-causal forward whose ring ranks own whole blocks: no
+        query of this rank sees a later rank's keys, so each rank sends its shard only to the
+        ranks after it (half the bytes of an all-gather) and the later ranks' slots stay zero --
+        masked out, so the attention is bit for bit the all-gather's."""
+        if self.ring == 1:
+            return x
+        x = x.contiguous()
+        parts = [x if r == self.ring_rank else torch.zeros_like(x) for r in range(self.ring)]
+        peer = [dist.get_global_rank(self.ring_group, r) for r in range(self.ring)]
+        ops = [dist.P2POp(dist.isend, x, peer[r], self.ring_group) for r in range(self.ring_rank + 1, self.ring)]
+        ops += [dist.P2POp(dist.irecv, parts[r], peer[r], self.ring_group) for r in range(self.ring_rank)]
+        for req in dist.batch_isend_irecv(ops) if ops else []:
+            req.wait()
+        return torch.cat(parts, dim=1)
 
     def _to_heads(self, x: torch.Tensor) -> torch.Tensor:
         """Ulysses all-to-all: ``[B, s, H, D]`` sequence shard -> ``[B, U*s, H/U, D]``."""

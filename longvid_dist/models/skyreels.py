@@ -69,6 +69,8 @@ class SkyReelsDFAdapter(WanAdapter):
         block = causal_block or 1
         if self.transformer.config.num_frame_per_block != block:
             self.transformer._set_ar_attention(block)
+        if self.sp is not None:  # under ring with the mask, each ring rank owns whole causal blocks
+            self.sp.align = block * self.ctx.tokens_per_frame if block > 1 and self.sp.ring > 1 else 1
         timestep = t.to(self.device).expand(x.shape[2]) if t.ndim == 0 else t.to(self.device)
         timestep = timestep[None]  # [L] -> [1, L]: one timestep per latent frame
         fps = [0 if self.fps == 16 else 1]
