@@ -323,6 +323,21 @@ class ModelAdapter(ABC):
         ``context_parallel`` capability implement it."""
         raise NotImplementedError(f"{self.family.name} models have no sequence-parallel support")
 
+    def route_attention(self, attns: Sequence, stock, attention, processor) -> None:
+        """Set the self-attention processor of each layer's module in ``attns``:
+        ``processor(patch, ctx, layer, sp)`` on the layers ``attention`` selects, and on every
+        layer under sequence parallelism (plain attention where no patch applies: every layer
+        must run the group's attention); elsewhere the layer's stock processor ``stock[layer]``."""
+        from .hooks import AttentionPatch
+
+        plain = AttentionPatch()
+        for i, attn in enumerate(attns):
+            use = attention is not None and attention.applies(i)
+            if use or self.sp is not None:
+                attn.set_processor(processor(attention if use else plain, self.ctx, i, self.sp))
+            else:
+                attn.set_processor(stock[i])
+
     def enable_sequence_parallel(self, sp) -> None:
         """Split this replica's forwards over ``sp``'s group (``models.parallel``) where
         :meth:`split_plans` says, every self-attention layer through the group's attention; None

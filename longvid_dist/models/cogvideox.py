@@ -107,9 +107,6 @@ class _JointAttention:
         return out[:, t:], out[:, :t]
 
 
-_PLAIN = AttentionPatch()
-
-
 class CogVideoXLatentSpace(LatentSpace):
     """CogVideoX latent geometry, initial noise and scheduler from configs alone."""
 
@@ -190,12 +187,8 @@ class CogVideoXAdapter(ModelAdapter):
         if key is not None and key == self.patch_key:
             return
         self._installed = (attention, temporal_rope)
-        for i, block in enumerate(self.transformer.transformer_blocks):
-            use = attention is not None and attention.applies(i)
-            if use or self.sp is not None:  # under SP every layer runs the group's attention
-                block.attn1.set_processor(_JointAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
-            else:
-                block.attn1.set_processor(self._stock_processors[i])
+        self.route_attention([b.attn1 for b in self.transformer.transformer_blocks], self._stock_processors,
+                             attention, _JointAttention)
         self._theta = None
         if temporal_rope is not None:
             if not self.transformer.config.use_rotary_positional_embeddings:

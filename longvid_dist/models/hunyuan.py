@@ -120,9 +120,6 @@ class _JointAttention:
         return vid, txt
 
 
-_PLAIN = AttentionPatch()
-
-
 class HunyuanLatentSpace(LatentSpace):
     """HunyuanVideo latent geometry, initial noise and scheduler from configs alone."""
 
@@ -204,12 +201,7 @@ class HunyuanAdapter(ModelAdapter):
         if key is not None and key == self.patch_key:
             return
         self._installed = (attention, temporal_rope)
-        for i, attn in enumerate(self._attns):
-            use = attention is not None and attention.applies(i)
-            if use or self.sp is not None:  # under SP every layer runs the group's attention
-                attn.set_processor(_JointAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
-            else:
-                attn.set_processor(self._stock_processors[i])
+        self.route_attention(self._attns, self._stock_processors, attention, _JointAttention)
         self._theta = None
         if temporal_rope is not None:
             theta = rope_frequencies(self._dim_t, self.transformer.rope.theta)

@@ -80,10 +80,6 @@ class _PatchedSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-_PLAIN = AttentionPatch()
-"""Plain attention, for layers no patch selects (they still need the group's attention under SP)."""
-
-
 class LTXLatentSpace(LatentSpace):
     """LTX latent geometry, initial noise and scheduler from configs alone."""
 
@@ -167,12 +163,8 @@ class LTXAdapter(ModelAdapter):
         if temporal_rope is not None:
             raise ValueError("ltx models take no temporal RoPE edit")
         self._installed = (attention, temporal_rope)
-        for i, block in enumerate(self.transformer.transformer_blocks):
-            use = attention is not None and attention.applies(i)
-            if use or self.sp is not None:  # under SP every layer runs the group's attention
-                block.attn1.set_processor(_PatchedSelfAttention(attention if use else _PLAIN, self.ctx, i, self.sp))
-            else:
-                block.attn1.set_processor(self._stock_processors[i])
+        self.route_attention([b.attn1 for b in self.transformer.transformer_blocks], self._stock_processors,
+                             attention, _PatchedSelfAttention)
         self.ctx.store.clear()
         self.patch_key = key
 

@@ -62,10 +62,6 @@ class _PatchedSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-_PLAIN = AttentionPatch()
-"""Plain attention, for layers no patch selects (they still need the group's attention under SP)."""
-
-
 class WanLatentSpace(LatentSpace):
     """Wan latent geometry, initial noise and scheduler from configs alone (no weights).
 
@@ -141,13 +137,7 @@ class WanAdapter(ModelAdapter):
             return
         self._installed = (attention, temporal_rope)
         for model, stock in zip(self.experts, self._stock_processors):
-            for i, block in enumerate(model.blocks):
-                use = attention is not None and attention.applies(i)
-                if use or self.sp is not None:  # under SP every layer runs the group's attention
-                    block.attn1.set_processor(_PatchedSelfAttention(attention if use else _PLAIN, self.ctx, i,
-                                                                    self.sp))
-                else:
-                    block.attn1.set_processor(stock[i])
+            self.route_attention([b.attn1 for b in model.blocks], stock, attention, _PatchedSelfAttention)
         rope = self.transformer.rope
         cos, sin = (t.clone() for t in self._stock_rope)
         if temporal_rope is not None:
