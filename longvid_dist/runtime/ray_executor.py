@@ -403,9 +403,8 @@ class RayExecutor(Executor):
                      for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
             calls.append((idxs, k, items))
         results = self._run_predict([(k, items) for _, k, items in calls], frames, apart)
-        sent = lat.nbytes * (1 if len(frames) == 1 else len(calls) * self.parallel.group_size)
+        moved = lat.nbytes * (1 if len(frames) == 1 else len(calls) * self.parallel.group_size)  # latent sent
         del frames  # the step's object-store copy is freed once no worker holds it
-        moved = sent
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
         for (idxs, k, _), values in zip(calls, results):
