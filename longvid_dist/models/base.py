@@ -323,6 +323,21 @@ class ModelAdapter(ABC):
         ``context_parallel`` capability implement it."""
         raise NotImplementedError(f"{self.family.name} models have no sequence-parallel support")
 
+    def _init_hooks(self) -> None:
+        """The state every adapter's method hooks share (call from ``__init__``)."""
+        from .hooks import AttnContext
+
+        self.ctx = AttnContext()
+        """What the installed patches see of the current call (layer, branch, grid, mask...)."""
+        self.ctx.rotate = self._rotate_at
+        self.patch_key = None
+        """Key of the installed patches (None: stock); installing the same key again is free."""
+        self.sp = None
+        """This replica's :class:`~.parallel.SequenceParallel` group, or None."""
+        self._sp_hooks: list = []
+        self._installed = (None, None)
+        """The installed ``(attention, temporal_rope)``, re-installed around SP changes."""
+
     def route_attention(self, attns: Sequence, stock, attention, processor) -> None:
         """Set the self-attention processor of each layer's module in ``attns``:
         ``processor(patch, ctx, layer, sp)`` on the layers ``attention`` selects, and on every

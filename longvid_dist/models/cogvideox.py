@@ -152,12 +152,7 @@ class CogVideoXAdapter(ModelAdapter):
         self.dtype = self.transformer.dtype
         self.space = CogVideoXLatentSpace(pipe.scheduler, self.transformer.config.in_channels,
                                           pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
-        self.patch_key = None
-        self.ctx = AttnContext()
-        self.ctx.rotate = self._rotate_at
-        self.sp: SequenceParallel | None = None
-        self._sp_hooks: list = []
-        self._installed = (None, None)
+        self._init_hooks()
         self._theta = None
         """Edited temporal RoPE frequencies (None: stock)."""
         self._rope = None

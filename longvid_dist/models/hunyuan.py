@@ -168,12 +168,7 @@ class HunyuanAdapter(ModelAdapter):
         """The Llama prompt template (the pipeline's default unless the folder names one)."""
         self.space = HunyuanLatentSpace(pipe.scheduler, self.transformer.config.in_channels,
                                         pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
-        self.patch_key = None
-        self.ctx = AttnContext()
-        self.ctx.rotate = self._rotate_at
-        self.sp: SequenceParallel | None = None
-        self._sp_hooks: list = []
-        self._installed = (None, None)
+        self._init_hooks()
         self._theta = None
         """Edited temporal RoPE frequencies (None: stock)."""
         self._rope = None

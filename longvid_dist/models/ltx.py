@@ -138,13 +138,8 @@ class LTXAdapter(ModelAdapter):
         self.dtype = self.transformer.dtype
         self.space = LTXLatentSpace(pipe.scheduler, self.transformer.config.in_channels,
                                     pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio)
-        self.ctx = AttnContext()
-        self.ctx.rotate = self._rotate_at
-        self.patch_key = None
+        self._init_hooks()
         self._stock_processors = {i: b.attn1.processor for i, b in enumerate(self.transformer.transformer_blocks)}
-        self.sp: SequenceParallel | None = None
-        self._sp_hooks: list = []
-        self._installed = (None, None)
 
     @classmethod
     def load(cls, source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "LTXAdapter":

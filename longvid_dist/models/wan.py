@@ -116,12 +116,7 @@ class WanAdapter(ModelAdapter):
         self.dtype = self.transformer.dtype
         self.space = WanLatentSpace(pipe.scheduler, pipe.transformer.config.in_channels,
                                     pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
-        self.ctx = AttnContext()
-        self.ctx.rotate = self._rotate_at
-        self.patch_key = None
-        self.sp: SequenceParallel | None = None
-        self._sp_hooks: list = []
-        self._installed = (None, None)
+        self._init_hooks()
         self.caches: dict = {}
         """Rolling KV caches of causal rollouts on this replica, by cache id."""
         self._stock_processors = [{i: b.attn1.processor for i, b in enumerate(m.blocks)} for m in self.experts]
