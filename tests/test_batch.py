@@ -130,6 +130,26 @@ def test_clean_stale_removes_only_dead_writers_leftovers(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([live, "cat.mp4", "cat.mp4.ckpt"])
 
 
+def test_coordinator_ends_when_its_driver_is_gone():
+    """A killed batch's coordinator must not go on writing into the directory the next run owns."""
+    driver = subprocess.Popen(["sleep", "600"])
+    code = ("import sys, time; from longvid_dist.batch.coordinator import VideoCoordinator; "
+            f"c = VideoCoordinator(driver_pid={driver.pid}, poll=0.05); print('up', flush=True); time.sleep(60)")
+    coord = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert coord.stdout.readline().strip() == "up"
+        time.sleep(0.3)
+        assert coord.poll() is None  # the driver lives: so does its coordinator
+        driver.kill()
+        driver.wait()
+        assert coord.wait(timeout=10) == 1
+    finally:
+        for p in (driver, coord):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 # -- bad input: one line, exit 2, nothing started ----------------------------------------------
 
 def test_bad_input_is_one_line_exit_2(tmp_path):
@@ -205,9 +225,26 @@ def test_batch_renders_valid_rows_records_bad_ones_and_reruns_nothing(tmp_path):
     ]
     write_rows(tmp_path / "prompts.jsonl", rows)
     args = ["prompts.jsonl", "--out-dir", "out", "--steps", "2", *SIZE, "--fps", "8"]
-    p = batch(*args, cwd=tmp_path)
-    assert p.returncode == 1, p.stderr
     out = tmp_path / "out"
+    # a killed run's writer that is still dying when this batch starts (kept), dead before it ends (removed)
+    dying = subprocess.Popen(["sleep", "600"])
+    out.mkdir()
+    (out / f".old.partial-{dying.pid}.mp4").write_bytes(b"x")
+
+    def kill_once_rendering():
+        while not (out / MANIFEST).exists() or '"running"' not in (out / MANIFEST).read_text():
+            time.sleep(0.02)
+        dying.kill()
+        dying.wait()
+
+    import threading
+
+    killer = threading.Thread(target=kill_once_rendering, daemon=True)
+    killer.start()
+    p = batch(*args, cwd=tmp_path)
+    killer.join(timeout=5)
+    assert p.returncode == 1, p.stderr
+    assert f"removed 1 temporary file(s) of writers that died: .old.partial-{dying.pid}.mp4" in p.stdout + p.stderr
     evil = safe_name("../evil")
     videos = {"cat": 41, "dog": 81, evil: 41}
     assert tree(tmp_path) == {"prompts.jsonl", "out", "out/" + MANIFEST} | {

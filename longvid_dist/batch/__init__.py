@@ -63,7 +63,9 @@ Stale temporaries: only one batch may run in ``DIR`` at a time (an exclusive ``f
 of what a killed run left: video temporaries ``.<name>.partial-<pid>[.ext]`` whose ``pid`` is
 not a live process on this machine (a live one may be a ``longvid render`` writing there), and
 checkpoint/sidecar temporaries (``.ckpt-*``, ``.<name>.json.*.tmp``), which carry no pid and can
-only come from a dead writer while the lock is held. So ``DIR`` is meant to belong to the batch.
+only come from a dead writer while the lock is held. The same cleaning runs again when the batch
+ends: a killed run's writers are Ray actors outside its process group, and may still be dying when
+the next run starts. So ``DIR`` is meant to belong to the batch.
 
 Modules, one concern each: :mod:`.rows` (the prompts file -> specs, ids -> file names),
 :mod:`.manifest` (``manifest.jsonl``), :mod:`.outdir` (the directory: finished videos, stale

@@ -16,10 +16,21 @@ from ..config import ParallelConfig, RenderSpec
 
 
 class VideoCoordinator:
-    """Owns one executor of ``parallel``'s layout and renders specs on it (``api.render``)."""
+    """Owns one executor of ``parallel``'s layout and renders specs on it (``api.render``).
 
-    def __init__(self):
+    ``driver_pid``: the batch driver's process on this machine (the coordinator is placed on
+    the driver's node). When it is gone -- killed, say -- this process ends at once instead of
+    finishing its video into a directory that the next run may already own: Ray's own clean-up
+    of a dead driver's actors can lag by seconds, or never come when the local Ray the driver
+    started died with it."""
+
+    def __init__(self, driver_pid: int | None = None, poll: float = 0.2):
         self.executor = None
+        if driver_pid is not None:
+            import threading
+
+            threading.Thread(target=_exit_with, args=(driver_pid, poll), daemon=True,
+                             name="driver-watchdog").start()
 
     def start(self, spec: RenderSpec, parallel: ParallelConfig) -> bool:
         """Create the executor (its workers are placed and load the model); a failure is raised
@@ -49,3 +60,15 @@ class VideoCoordinator:
             self.executor.close()
             self.executor = None
         return True
+
+
+def _exit_with(pid: int, poll: float) -> None:
+    """End this process (no clean-up: its temporaries carry its pid and are removed by the next
+    run) as soon as process ``pid`` is gone."""
+    import time
+
+    from .outdir import pid_alive
+
+    while pid_alive(pid):
+        time.sleep(poll)
+    os._exit(1)

@@ -46,7 +46,7 @@ def finished(spec: RenderSpec) -> dict | None:
     return side
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a running process on this machine (a zombie counts as dead)."""
     try:
         os.kill(pid, 0)
@@ -70,7 +70,7 @@ def clean_stale(out_dir: str) -> list[str]:
     removed = []
     for name in os.listdir(out_dir):
         m = _PARTIAL.match(name)
-        stale = (m is not None and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))) \
+        stale = (m is not None and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1)))) \
             or name.startswith(".ckpt-") or _JSON_TMP.match(name) is not None
         if not stale:
             continue

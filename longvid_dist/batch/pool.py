@@ -142,7 +142,7 @@ class _Remote:
         from ..runtime.ray_executor import ActorProcess
         from .coordinator import VideoCoordinator
 
-        self.proc = ActorProcess(VideoCoordinator)
+        self.proc = ActorProcess(VideoCoordinator, os.getpid())  # placed on this node: it can watch this pid
         try:
             self.proc.call("start", spec, parallel)
         except BaseException:

@@ -83,6 +83,11 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
                 render_all(todo, result, manifest, prog, parallel, max_in_flight, preview=preview or gallery,
                            coordinators=coordinators)
         finally:
+            # Again at the end: a killed run's writers (Ray actors, outside its process group) may
+            # still have been dying at the start, and a crashed coordinator of this run leaves its own.
+            late = clean_stale(out_dir)
+            if late:
+                prog.log(f"removed {len(late)} temporary file(s) of writers that died: {', '.join(late)}")
             prog.close()
     finally:
         manifest.listeners.clear()
