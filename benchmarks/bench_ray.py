@@ -426,11 +426,13 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
     dcpu = {n: 0.0 for n in names}
     rcpu = {n: 0.0 for n in names}
     cap = []
+    finals = {}
     for r in range(repeats):
         order = names[r % 3:] + names[:r % 3]  # rotate who goes first
         line = []
         for n in order:
             wall, res, m, cpu, dc = run(n)
+            finals[n] = res.latent
             times[n].append(wall)
             steps[n] += res.steps
             mets[n] += m
@@ -443,6 +445,8 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
               f"   -> 2w/1w {times['ray1'][-1] / times['ray2'][-1]:.2f}x  ray1/local "
               f"{times['ray1'][-1] / times['local'][-1]:.3f}x  | box capacity {cap[-1]:.2f}x  load {_load()}")
 
+    print(f"timed runs' final latents bit-equal to local: ray1 {torch.equal(finals['ray1'], finals['local'])}, "
+          f"ray2 {torch.equal(finals['ray2'], finals['local'])}")
     med = {n: _med(times[n]) for n in names}
     speedup = med["ray1"] / med["ray2"]
     overhead = med["ray1"] / med["local"]
