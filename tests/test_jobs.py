@@ -138,8 +138,14 @@ class Head:
     def submit(self, *entrypoint: str, timeout: float = 150) -> tuple[str, str]:
         """Submit ``entrypoint`` from the repo with ``--working-dir``; wait; return (status, logs)."""
         job_id = f"longvid-test-{secrets.token_hex(4)}"
-        p = self.ray("job", "submit", "--address", self.url, "--submission-id", job_id, "--no-wait",
-                     "--working-dir", str(REPO), "--runtime-env-json", EXCLUDES, "--", *entrypoint)
+        deadline = time.time() + 60
+        while True:  # the job server answers before the node's agent has registered with it: Ray
+            # says "No available agent to submit job, please try again later" (500) and the CLI does not retry
+            p = self.ray("job", "submit", "--address", self.url, "--submission-id", job_id, "--no-wait",
+                         "--working-dir", str(REPO), "--runtime-env-json", EXCLUDES, "--", *entrypoint)
+            if p.returncode == 0 or "No available agent" not in p.stderr + p.stdout or time.time() > deadline:
+                break
+            time.sleep(1)
         assert p.returncode == 0, p.stdout + p.stderr
         deadline = time.time() + timeout
         status = "?"
