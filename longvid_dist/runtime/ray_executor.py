@@ -139,12 +139,9 @@ def check_sequence_parallel(family, adapter_cls, source: str, parallel: Parallel
         raise SpecError("sp_backend", "xfuser's USP backend is not implemented in this release; use --sp-backend native")
 
 
-def _rendezvous(actor) -> tuple[str, int]:
-    """Run on an actor (``__ray_call__``): its node's IP address and a free TCP port there."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
+def _node_address(actor) -> str:
+    """Run on an actor (``__ray_call__``): its node's IP address."""
+    return ray.util.get_node_ip_address()
 
 
 def decode_spans(total: int, workers: int, context: int) -> list[tuple[int, int]]:
@@ -271,10 +268,11 @@ class RayExecutor(Executor):
         return out
 
     def _form_world(self) -> None:
-        """Every worker joins one process group (mesh ``(group, ring, ulysses)``) at a fresh
-        port on rank 0's node; a new epoch each time."""
+        """Every worker joins one process group (mesh ``(group, ring, ulysses)``) through a store
+        rank 0 serves on a fresh port of its node; a new epoch each time."""
         self.epoch = (self.epoch or 0) + 1
-        address, port = ray.get(self.workers[0].__ray_call__.remote(_rendezvous))
+        address = ray.get(self.workers[0].__ray_call__.remote(_node_address))
+        port = self._run_all([(0, "open_store", (len(self.workers),))], "process group setup")[0]
         p = self.parallel
         self._run_all([(k, "join_world", (address, port, k, len(self.workers), p.ulysses_degree, p.ring_degree,
                                           self.epoch)) for k in range(len(self.workers))], "process group setup")

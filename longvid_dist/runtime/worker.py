@@ -58,6 +58,8 @@ class Worker:
         """Seconds spent predicting, over the worker's life."""
         self.epoch: int | None = None
         """Which formation of the render's process group this worker joined (None: none)."""
+        self._store = None
+        """Rank 0's TCP store for the world being formed (:meth:`open_store`), until it joins."""
 
     @classmethod
     def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,),
@@ -93,11 +95,25 @@ class Worker:
         return os.getpid()
 
     # -- sequence-parallel group -----------------------------------------------------------
+    def open_store(self, world_size: int, timeout: float = 600.0) -> int:
+        """As rank 0 of a world being formed: leave any world, and serve its TCP store on a port
+        the OS picks and binds at once (a port picked first and bound later can be taken in
+        between); returns the port, which the other ranks' :meth:`join_world` connect to."""
+        import datetime
+
+        import torch.distributed as dist
+
+        self.leave_world()
+        self._store = dist.TCPStore("0.0.0.0", 0, world_size, is_master=True, wait_for_workers=False,
+                                    timeout=datetime.timedelta(seconds=timeout))
+        return self._store.port
+
     def join_world(self, address: str, port: int, world_rank: int, world_size: int, ulysses: int, ring: int,
                    epoch: int, timeout: float = 600.0) -> bool:
-        """Join the render's process group (one world, mesh ``(group, ring, ulysses)``) and
-        split this replica's forwards over its group (``models/parallel.py``). Every worker of
-        the render calls this concurrently; ``epoch`` names this formation of the world."""
+        """Join the render's process group (one world, mesh ``(group, ring, ulysses)``) through
+        rank 0's store at ``address:port`` (:meth:`open_store`) and split this replica's
+        forwards over its group (``models/parallel.py``). Every worker of the render calls this
+        concurrently; ``epoch`` names this formation of the world."""
         import datetime
 
         import torch.distributed as dist
@@ -105,10 +121,16 @@ class Worker:
         from ..models.parallel import build_groups
 
         adapter = self.load()
-        self.leave_world()
+        store, self._store = self._store, None
+        if world_rank != 0:
+            self.leave_world()
+            store = dist.TCPStore(address, port, world_size, is_master=False,
+                                  timeout=datetime.timedelta(seconds=timeout))
+        elif store is None or store.port != port:
+            raise RuntimeError(f"worker {self.rank} has no store at port {port} to join (restarted?)")
         backend = "nccl" if str(adapter.device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=world_rank,
-                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+        dist.init_process_group(backend, store=store, rank=world_rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout))
         adapter.enable_sequence_parallel(build_groups(world_rank, world_size, ulysses, ring))
         self.rank, self.epoch = world_rank, epoch
         return True
