@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -232,17 +233,20 @@ def test_batch_renders_valid_rows_records_bad_ones_and_reruns_nothing(tmp_path):
     (out / f".old.partial-{dying.pid}.mp4").write_bytes(b"x")
 
     def kill_once_rendering():
-        while not (out / MANIFEST).exists() or '"running"' not in (out / MANIFEST).read_text():
+        deadline = time.time() + 240  # the batch's own timeout
+        while time.time() < deadline and (not (out / MANIFEST).exists()
+                                          or '"running"' not in (out / MANIFEST).read_text()):
             time.sleep(0.02)
         dying.kill()
         dying.wait()
 
-    import threading
-
     killer = threading.Thread(target=kill_once_rendering, daemon=True)
     killer.start()
-    p = batch(*args, cwd=tmp_path)
-    killer.join(timeout=5)
+    try:
+        p = batch(*args, cwd=tmp_path)
+    finally:
+        dying.kill()  # no-op once killed; never left behind by a failing batch
+        killer.join(timeout=5)
     assert p.returncode == 1, p.stderr
     assert f"removed 1 temporary file(s) of writers that died: .old.partial-{dying.pid}.mp4" in p.stdout + p.stderr
     evil = safe_name("../evil")
