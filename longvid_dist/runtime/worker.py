@@ -121,16 +121,15 @@ class Worker:
         from ..models.parallel import build_groups
 
         adapter = self.load()
+        wait = datetime.timedelta(seconds=timeout)
         store, self._store = self._store, None
         if world_rank != 0:
             self.leave_world()
-            store = dist.TCPStore(address, port, world_size, is_master=False,
-                                  timeout=datetime.timedelta(seconds=timeout))
+            store = dist.TCPStore(address, port, world_size, is_master=False, timeout=wait)
         elif store is None or store.port != port:
             raise RuntimeError(f"worker {self.rank} has no store at port {port} to join (restarted?)")
         backend = "nccl" if str(adapter.device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend, store=store, rank=world_rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout))
+        dist.init_process_group(backend, store=store, rank=world_rank, world_size=world_size, timeout=wait)
         adapter.enable_sequence_parallel(build_groups(world_rank, world_size, ulysses, ring))
         self.rank, self.epoch = world_rank, epoch
         return True
