@@ -125,6 +125,9 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sp-backend", choices=("native", "xfuser"), default="native",
                    help="sequence-parallel backend: native (torch.distributed, gloo on CPU / NCCL on GPU) or "
                         "xfuser (xDiT, CUDA only) (default: %(default)s)")
+    p.add_argument("--no-shared-memory", dest="shared_memory", action="store_false",
+                   help="send every step's latent and predictions through Ray's object store, also to the "
+                        "workers on this node (default: through shared memory kept for the render)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -274,6 +274,11 @@ class ParallelConfig:
     """Sequence-parallel backend: ``native`` (torch.distributed collectives in the adapter's
     attention, split where diffusers' context-parallel plan splits) or ``xfuser`` (xDiT's USP;
     CUDA only)."""
+    shared_memory: bool = True
+    """Exchange each step's latent and predictions with the workers on the coordinator's node
+    through shared memory allocated once per render (``runtime/shm.py``) rather than fresh
+    objects of Ray's object store; workers on other nodes always go through Ray. Off
+    (``--no-shared-memory``): the object store for every worker."""
 
     def __post_init__(self):
         if self.workers is not None:

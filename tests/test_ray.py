@@ -52,11 +52,12 @@ def test_shard_balances_and_covers():
         assert max(costs) - min(costs) <= max(len(w) ** 2 for w in wins) + 8 * 21
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_ray_render_equals_local(tmp_path, tiny_adapter, tiny_path, ray_local, workers):
+@pytest.mark.parametrize("workers,shared", [(1, True), (2, True), (2, False)])
+def test_ray_render_equals_local(tmp_path, tiny_adapter, tiny_path, ray_local, workers, shared):
+    """Through the shared-memory arenas (the default) and through Ray's objects alone."""
     ref = _local(tmp_path, "local.mkv", tiny_adapter)
     spec = _spec(tmp_path, f"ray{workers}.mkv")
-    render(spec, ParallelConfig(workers=workers), progress=False)
+    render(spec, ParallelConfig(workers=workers, shared_memory=shared), progress=False)
     out = read_frames(spec.out)
     assert out.shape == ref.shape == (121, 64, 64, 3)
     assert np.array_equal(out, ref)
@@ -66,6 +67,7 @@ def test_ray_render_equals_local(tmp_path, tiny_adapter, tiny_path, ray_local, w
     assert side["executor"] == "RayExecutor"
     assert len(side["workers"]) == workers and all(w["busy"] > 0 for w in side["workers"])
     assert all(s["bytes_moved"] > 0 and "transfer" in s for s in side["timings"]["per_step"])
+    assert all(s["shared_memory"] == (workers if shared else 0) for s in side["timings"]["per_step"])
 
 
 def test_distributed_decode_equals_local(tiny_adapter, tiny_path, ray_local):
@@ -326,3 +328,53 @@ def test_worker_killed_mid_rollout_rewrites_its_kv_cache(tmp_path, tiny_adapter,
     calls, _ = render_killing(ex, spec, ex.worker_pids()[0], 3 * 5 + 2)  # after the third block has started
     assert calls > 3 * 5 + 2 and ex.restarts >= 1
     assert np.array_equal(read_frames(spec.out), read_frames(ref.out))
+
+
+def test_large_steps_go_through_shared_memory_bit_for_bit(tiny_adapter, tiny_path, ray_local):
+    """A latent too large to ride in the calls goes to the workers through an arena of this node,
+    their predictions come back through their reply arenas: equal to local predictions bit for
+    bit; a caller that keeps a step's predictions keeps them intact (the next step writes into
+    another arena); a worker that cannot map the arenas (another node) and the object store
+    alone give the same predictions; a killed worker is prepared and mapped again."""
+    from longvid_dist.methods.windows import Window
+    from longvid_dist.runtime.ray_executor import INLINE_BYTES, INLINE_PIECES
+
+    latent = torch.randn(16, 25, 32, 32, generator=torch.Generator().manual_seed(3))  # [C, F, h, w]
+    assert latent.numpy().nbytes > INLINE_BYTES * INLINE_PIECES  # too large for the calls
+    other = torch.randn(16, 25, 32, 32, generator=torch.Generator().manual_seed(4))
+    t = np.asarray(500.0, np.float32)
+    wins = [Window(tuple(range(s, s + 9)), (1.0,) * 9, timestep=t) for s in (0, 8, 16)]  # overlapping
+    local = LocalExecutor(tiny_adapter)
+    ex = RayExecutor("wan", tiny_path, ParallelConfig(workers=2))
+    try:
+        for e in (local, ex):
+            e.set_conditions({"main": ("a cat", "blurry")}, 5.0)
+            e.install(None)
+        ref = [p.clone() for p in local.predict(latent, wins)]
+
+        def same(preds):
+            return all(torch.equal(p, r) for p, r in zip(preds, ref))
+
+        kept = ex.predict(latent, wins)
+        assert same(kept) and sorted(ex.mapped) == [0, 1] and len(ex.arenas["latent"]) == 1
+        assert all(len(ex.arenas[k]) == 1 and not ex.arenas[k][0].free() for k in (0, 1))  # views of them
+        ex.predict(other, wins)  # while `kept` lives: written elsewhere
+        assert same(kept) and all(len(ex.arenas[k]) == 2 for k in (0, 1))
+        del kept
+        for _ in range(2):  # dropped predictions: their arenas are reused, none added
+            assert same(ex.predict(latent, wins))
+        assert all(len(ex.arenas[k]) == 2 for k in (0, 1))
+
+        ex.remote.add(1)  # as if worker 1 were on another node: Ray carries its data
+        assert same(ex.predict(latent, wins))
+        ex.remote.clear()
+        ex.shared_memory = False  # the object store alone
+        assert same(ex.predict(latent, wins))
+        ex.shared_memory = True
+
+        victim = ex.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert same(ex.predict(latent, wins)) and ex.restarts >= 1 and 0 in ex.mapped
+    finally:
+        ex.close()
+    assert ex.arenas == {"latent": []}

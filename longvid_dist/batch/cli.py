@@ -61,7 +61,8 @@ def main_batch(argv: list[str] | None = None) -> int:
         result = run_batch(args.prompts, args.out_dir, defaults, workers_per_video=args.workers_per_video,
                            address=args.address, max_in_flight=args.max_in_flight, progress=not args.quiet,
                            ulysses_degree=args.ulysses_degree, ring_degree=args.ring_degree,
-                           sp_backend=args.sp_backend, preview=args.preview, gallery=args.gallery)
+                           sp_backend=args.sp_backend, shared_memory=args.shared_memory, preview=args.preview,
+                           gallery=args.gallery)
     except SpecError as e:
         print(f"{PROG}: error: {flag_name(e.field)}: {e.message}", file=sys.stderr)
         return 2

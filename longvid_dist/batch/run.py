@@ -25,8 +25,8 @@ def _positive(value, flag: str) -> None:
 def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, workers_per_video: int = 1,
               address: str | None = None, max_in_flight: int | None = None,
               progress: bool = True, ulysses_degree: int = 1, ring_degree: int = 1,
-              sp_backend: str = "native", preview: bool = False, gallery: bool = False,
-              coordinators: str = "process") -> BatchResult:
+              sp_backend: str = "native", shared_memory: bool = True, preview: bool = False,
+              gallery: bool = False, coordinators: str = "process") -> BatchResult:
     """Render every row of ``prompts_path`` into ``out_dir``; see :mod:`longvid_dist.batch`.
 
     ``defaults``: render settings for rows that do not give them (keys:
@@ -34,8 +34,8 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     video's executor. ``address``: Ray cluster to join (else ``RAY_ADDRESS``, else a private local
     Ray; a Ray already initialized in this process is used as is). ``max_in_flight``: at most this
     many videos at once (default: as many as the cluster can host with ``workers_per_video`` each).
-    ``ulysses_degree``/``ring_degree``/``sp_backend``: each video's sequence-parallel layout
-    (:class:`~longvid_dist.config.ParallelConfig`; ``workers_per_video`` is its ``workers``).
+    ``ulysses_degree``/``ring_degree``/``sp_backend``/``shared_memory``: each video's parallel
+    layout (:class:`~longvid_dist.config.ParallelConfig`; ``workers_per_video`` is its ``workers``).
     ``preview``: a contact sheet per video; ``gallery``: previews and ``DIR/index.html``, rewritten
     on every manifest line. ``coordinators``: ``process`` (default) runs each in-flight video's
     coordinator loop in a process of its own (a Ray actor), so this process only schedules and
@@ -52,7 +52,7 @@ def run_batch(prompts_path: str, out_dir: str, defaults: dict | None = None, wor
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         parallel = ParallelConfig(workers=workers_per_video, address=address, ulysses_degree=ulysses_degree,
-                                  ring_degree=ring_degree, sp_backend=sp_backend)
+                                  ring_degree=ring_degree, sp_backend=sp_backend, shared_memory=shared_memory)
     except SpecError as e:
         flag = "--workers-per-video" if e.field == "workers" else flag_name(e.field)
         raise BatchInputError(f"{flag}: {e.message}") from None

@@ -31,6 +31,7 @@ import torch
 from ..config import ParallelConfig, resolve_dtype
 from ..methods.windows import Window
 from ..models.base import BRANCHES, combine_guidance
+from . import shm
 from .executor import CacheLost, Executor
 from .worker import NotPrepared, Worker, as_tensor, frame_index
 
@@ -47,6 +48,9 @@ try:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 except ImportError:  # pragma: no cover - ray is a dependency
     ray = None
+
+
+log = logging.getLogger(__name__)
 
 
 class ClusterError(RuntimeError):
@@ -192,6 +196,16 @@ class RayExecutor(Executor):
         self.lora = [(str(p), float(s)) for p, s in lora]
         self.workers: list = []
         self.pgs: list = []
+        self.shared_memory = parallel.shared_memory and shm.available()
+        """Exchange each step's latent and predictions with the workers of this node through
+        arenas (:mod:`~longvid_dist.runtime.shm`) instead of Ray (``ParallelConfig.shared_memory``)."""
+        self.arenas: dict = {"latent": []}
+        """Arenas by use: ``"latent"`` (read by every worker of the node) and one pool per worker
+        rank (its replies); each pool holds one arena unless a caller keeps predictions."""
+        self.mapped: dict[int, set[str]] = {}
+        """Arena ids each worker has mapped."""
+        self.remote: set[int] = set()
+        """Workers that cannot map this process's arenas (another node): Ray carries their data."""
         self.owns_ray = connect(parallel.address) == "local"
         n = parallel.num_workers
         try:
@@ -286,6 +300,7 @@ class RayExecutor(Executor):
         for w in self.workers:
             ray.kill(w, no_restart=False)
         self.prepared.clear()
+        self.mapped.clear()
         time.sleep(0.2)
         self._run_all([(k, "warm", ()) for k in range(len(self.workers))], "model load")
         self._form_world()
@@ -314,7 +329,8 @@ class RayExecutor(Executor):
                     raise ClusterError(f"worker {k} died {attempt + 1} times during {phase}; giving up "
                                        f"({type(e).__name__})") from None
                 time.sleep(0.2 * attempt)  # let Ray bring the actor back
-                self.prepared.discard(k)  # a restarted actor holds no render
+                self.prepared.discard(k)  # a restarted actor holds no render and has mapped no arena
+                self.mapped.pop(k, None)
                 if method == "predict_step":
                     self._prepare([k])
                 ref = self._submit(k, method, args)
@@ -343,16 +359,83 @@ class RayExecutor(Executor):
 
     def _prepare(self, ranks) -> None:
         """Send this render's conditions and patches to the workers of ``ranks`` that do not
-        hold them: once per render, and again to a restarted actor."""
+        hold them, and have them map the arenas in use: once per render, and again to a
+        restarted actor."""
         todo = [k for k in ranks if k not in self.prepared]
         if todo:
             self._run_all([(k, "prepare", (self.version, self.cond_ref, self.patches)) for k in todo], "predict")
             self.prepared.update(todo)
+            self._map(todo)
+
+    def _map(self, ranks) -> None:
+        """Have each worker of ``ranks`` map the arenas it uses that it has not mapped (and drop
+        the others); one that cannot is on another node and gets its data through Ray."""
+        calls = []
+        for k in ranks:
+            mine = [(a, False) for a in self.arenas["latent"]] + [(a, True) for a in self.arenas.get(k, [])]
+            if k in self.remote or all(a.id in self.mapped.get(k, ()) for a, _ in mine):
+                continue
+            calls.append((k, "map_shared", ([(a.handle(), w) for a, w in mine], [a.id for a, _ in mine])))
+        for (k, _, (handles, keep)), ok in zip(calls, self._run_all(calls, "predict") if calls else []):
+            if ok:
+                self.mapped[k] = set(keep)
+            else:
+                self.remote.add(k)
+                for a in self.arenas.pop(k, []):
+                    a.close()
+
+    def _arena(self, use, nbytes: int):
+        """A free arena of ``use`` with room for ``nbytes`` (a new one, 1/8 larger, when none
+        is); None when shared memory is off or cannot be had (then Ray carries the data)."""
+        pool = self.arenas.setdefault(use, [])
+        for a in pool:
+            if a.free() and a.capacity >= nbytes:
+                return a
+        for a in [a for a in pool if a.free()]:  # too small: replaced
+            pool.remove(a)
+            a.close()
+        try:
+            a = shm.Arena(nbytes + nbytes // 8)
+        except OSError as e:
+            log.warning("shared memory unavailable (%s); the object store carries every step", e)
+            self.shared_memory = False
+            return None
+        pool.append(a)
+        return a
+
+    def _share(self, lat: np.ndarray, ranks: list[int], replies: dict[int, list[tuple]]) -> tuple[dict, dict]:
+        """This step's arenas: the latent ``lat``, copied into the node's latent arena for the
+        workers of ``ranks``, and a reply arena per replying worker laid out for ``replies``
+        (the shapes of its kept predictions). Returns ``(shared, views)``: per rank of this node
+        its ``shared`` argument of ``Worker.predict_step`` (a rank not in it gets its data
+        through Ray), and per replying rank the tensors over its reply arena, for the merge."""
+        local = [k for k in ranks if k not in self.remote]
+        if not (self.shared_memory and local):
+            return {}, {}
+        lat_arena = self._arena("latent", lat.nbytes)
+        places = {}
+        for k, shapes in replies.items():
+            offsets, end = shm.layout(shapes)
+            if k in local and (a := self._arena(k, end)) is not None:
+                places[k] = (a, offsets, shapes)
+        if not self.shared_memory:  # an arena could not be had
+            return {}, {}
+        self._map(local)
+        np.copyto(lat_arena.array(0, lat.shape), lat)
+        shared, views = {}, {}
+        for k in [k for k in local if k not in self.remote]:
+            reply = None
+            if k in places:
+                a, offsets, shapes = places[k]
+                reply = (a.id, list(zip(offsets, shapes)))
+                views[k] = a.tensors(offsets, shapes)
+            shared[k] = ((lat_arena.id, lat.shape), reply)
+        return shared, views
 
     def _latent_args(self, lat: np.ndarray) -> list:
-        """The latent as ``predict_step`` arguments: a small one in pieces along the frame axis,
-        each carried inside the call; a large one as one object-store copy per step (per node),
-        which the workers map zero-copy."""
+        """The latent as ``predict_step`` arguments of the workers Ray carries it to: a small one
+        in pieces along the frame axis, each carried inside the call; a large one as one
+        object-store copy per step (per node), which the workers map zero-copy."""
         n = -(-lat.nbytes // INLINE_BYTES)
         if n > min(INLINE_PIECES, lat.shape[1]):
             return [ray.put(lat)]
@@ -373,17 +456,20 @@ class RayExecutor(Executor):
 
     def _predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         """Each group's windows on its head worker; a call carries only the latent and the
-        windows (the render's conditions and patches are kept on the workers). A large latent
-        goes into the object store once per step (``ray.put``): workers on a node map that one
-        copy read-only, zero-copy, and each slices the frames its windows read; a node without
-        it pulls it once for all its workers. A small one travels inside each call. Items carry
-        frame indices into the whole latent. Predictions come back as numpy arrays that the
-        merge reads in place (zero-copy views of the returned objects)."""
+        windows (the render's conditions and patches are kept on the workers). Workers of this
+        node read the latent from one arena it is copied into once per step and write their
+        predictions into their reply arenas (:meth:`_share`), so a call carries only offsets.
+        To workers of other nodes Ray carries them: a large latent put into the object store
+        once per step (``ray.put``; a node's workers map that one copy zero-copy, and a node
+        without it pulls it once for all its workers), a small one inside each call; their
+        predictions come back as numpy objects. Items carry frame indices into the whole
+        latent. The merge reads predictions where they are (views of arenas or objects), so
+        they are valid until the next call (an arena still viewed is not reused)."""
         t0 = time.perf_counter()
         self._prepare(range(len(self.workers)))
         lat = latent.numpy()
-        frames = self._latent_args(lat)
-        # predictions small enough to ride in the reply come back apart; large ones in one object
+        large = -(-lat.nbytes // INLINE_BYTES) > min(INLINE_PIECES, lat.shape[1])
+        # through Ray, predictions small enough to ride in the reply come back apart; large ones in one object
         apart = max(len(w) for w in windows) * lat[:, :1].nbytes <= INLINE_BYTES
         by_frames = {w.frames: w for w in windows if w.role == "anchor"}
         calls = []
@@ -400,22 +486,34 @@ class RayExecutor(Executor):
             items = [(frame_index(w.frames), w, keep)
                      for w, keep in [(w, False) for w in extra] + [(w, True) for w in wins]]
             calls.append((idxs, k, items))
-        results = self._run_predict([(k, items) for _, k, items in calls], frames, apart)
-        moved = lat.nbytes * (1 if len(frames) == 1 else len(calls) * self.parallel.group_size)  # latent sent
+        group_of = {g[0]: g for g in self.groups}
+        ranks = [r for _, k, _ in calls for r in group_of[k]]
+        c, _, height, width = lat.shape
+        shared, views = self._share(lat, ranks, {k: [(c, len(windows[i]), height, width) for i in idxs]
+                                                 for idxs, k, _ in calls})
+        by_ray = [r for r in ranks if r not in shared]  # another node (or shared memory off)
+        frames = self._latent_args(lat) if by_ray else []
+        results = self._run_predict([(k, items) for _, k, items in calls], frames, apart, shared)
+        # latent sent: once into the arena, and once per node (large) or per call (small) by Ray
+        moved = lat.nbytes * (bool(shared) + (0 if not by_ray else 1 if large else len(by_ray)))
         del frames  # the step's object-store copy is freed once no worker holds it
         preds: list = [None] * len(windows)
         step_busy = [0.0] * len(self.workers)
         for (idxs, k, _), values in zip(calls, results):
-            out, busy = (values[:-1], values[-1]) if apart else values[0]
+            if k in views:  # views of the worker's reply arena
+                out, busy = views[k], values[0][1]
+            else:  # views of the objects it returned
+                out, busy = (values[:-1], values[-1]) if apart else values[0]
+                out = [as_tensor(a) for a in out]
             self.busy[k] += busy
             step_busy[k] += busy
             for i, p in zip(idxs, out):
-                preds[i] = as_tensor(p)  # a view of the returned object, read only by the merge
+                preds[i] = p  # read only by the merge
                 moved += p.nbytes
         wall = time.perf_counter() - t0
         # transfer = what the slowest worker's compute does not explain (serialization, network)
         self.metrics.append({"bytes_moved": moved, "transfer": max(wall - max(step_busy), 0.0),
-                             "worker_busy": step_busy})
+                             "worker_busy": step_busy, "shared_memory": len(shared)})
         return preds
 
     def predict_block(self, block, t, cache_id, offset, write, sink, window, cond="main"):
@@ -447,15 +545,19 @@ class RayExecutor(Executor):
         dtype = getattr(torch, self.dtype)
         return combine_guidance(cond.to(dtype), uncond.to(dtype), self.guidance).float()
 
-    def _run_predict(self, calls: list[tuple[int, list]], frames: list, apart: bool) -> list:
+    def _run_predict(self, calls: list[tuple[int, list]], frames: list, apart: bool, shared: dict) -> list:
         """One step's ``(head worker, items)`` calls (one per group) of ``predict_step`` over
-        ``frames`` (:meth:`_latent_args`), predictions ``apart`` or not; each call's values as a
-        list. Without sequence parallelism each is retried on its own; with it every member of a
-        group runs the call (the first replies) and a lost member re-forms the world and re-runs
-        the step."""
+        ``frames`` (:meth:`_latent_args`), predictions ``apart`` or not, in the arenas of
+        ``shared`` (:meth:`_share`) for the ranks it names; each call's values as a list. Without
+        sequence parallelism each is retried on its own; with it every member of a group runs
+        the call (the first replies) and a lost member re-forms the world and re-runs the step."""
+        def args(r, items, epoch, reply):
+            sh = shared.get(r)  # an arena rank reads and writes there; Ray carries the others' data
+            return (self.version, items, epoch, reply, apart and not sh, sh, *(() if sh else frames))
+
         if self.parallel.group_size == 1:
-            return self._run_all([(k, "predict_step", (self.version, items, self.epoch, True, apart, *frames))
-                                  for k, items in calls], "predict")
+            return self._run_all([(k, "predict_step", args(k, items, self.epoch, True)) for k, items in calls],
+                                 "predict")
         group_of = {g[0]: g for g in self.groups}
         while True:
             self._prepare(range(len(self.workers)))  # again after the world was re-formed
@@ -464,8 +566,7 @@ class RayExecutor(Executor):
             for k, items in calls:
                 heads.append(len(refs))
                 members += [r for r in group_of[k] if r != k]
-                refs += [self._submit(r, "predict_step", (self.version, items, epoch, r == k, apart, *frames))
-                         for r in group_of[k]]
+                refs += [self._submit(r, "predict_step", args(r, items, epoch, r == k)) for r in group_of[k]]
             try:
                 pending = [r[-1] for r in refs]  # a call's values are all there when it ends
                 while pending:  # the first failure ends the wait: other members may be blocked on it
@@ -545,6 +646,9 @@ class RayExecutor(Executor):
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        for a in [a for pool in self.arenas.values() for a in pool]:
+            a.close()
+        self.arenas = {"latent": []}
         for pg in self.pgs:
             remove_placement_group(pg)
         self.pgs = []

@@ -60,6 +60,8 @@ class Worker:
         """Which formation of the render's process group this worker joined (None: none)."""
         self._store = None
         """Rank 0's TCP store for the world being formed (:meth:`open_store`), until it joins."""
+        self._shared: dict = {}
+        """The coordinator's arenas this worker has mapped (:meth:`map_shared`), by id."""
 
     @classmethod
     def from_adapter(cls, adapter, rank: int = 0, group: Sequence[int] = (0,),
@@ -213,23 +215,54 @@ class Worker:
         return True
 
     # -- windows ----------------------------------------------------------------------------
+    def map_shared(self, handles: list[tuple[tuple, bool]], keep: list[str]) -> bool:
+        """Map the coordinator's arenas (:mod:`~longvid_dist.runtime.shm`): ``(handle, writable)``
+        each, the latent read-only and this worker's reply arena writable; drop any mapped one
+        whose id is not in ``keep``. False when one cannot be mapped from here (another node):
+        the coordinator then sends this worker its data through Ray."""
+        from .shm import attach
+
+        for aid in [a for a in self._shared if a not in keep]:
+            del self._shared[aid]  # unmapped when the last view of it goes
+        ok = True
+        for handle, writable in handles:
+            if handle[0] not in self._shared:
+                mm = attach(handle, writable)
+                ok = ok and mm is not None
+                if mm is not None:
+                    self._shared[handle[0]] = mm
+        return ok
+
     def predict_step(self, version: str, items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None,
-                     reply: bool, apart: bool, *frames: np.ndarray) -> tuple:
+                     reply: bool, apart: bool, shared: tuple | None, *frames: np.ndarray) -> tuple:
         """:meth:`predict` with the conditions and patches kept by :meth:`prepare` for
         ``version`` (:class:`NotPrepared` when they are not here). ``frames``: the latent, whole
-        or in pieces along the frame axis (small pieces travel inside a Ray call). Returns
-        ``(predictions, busy)``, or with ``apart`` each kept prediction and then the busy
+        or in pieces along the frame axis (small pieces travel inside a Ray call). ``shared``:
+        ``(latent, replies)`` in the coordinator's arenas (:meth:`map_shared`) instead, either
+        may be None: ``latent`` ``(arena id, shape)`` read in place of ``frames``, ``replies``
+        ``(arena id, [(offset, shape)] per kept prediction)`` written in place of returning them.
+        Returns ``(predictions, busy)``, or with ``apart`` each kept prediction and then the busy
         seconds as values of their own: under Ray each is then an object of its own, so small
         predictions travel inside the reply rather than through the object store."""
+        from .shm import array
+
         if version != self.prepared:
             raise NotPrepared(f"worker {self.rank} holds render {self.prepared}, not {version} (restarted?)")
+        latent, replies = shared or (None, None)
+        lost = [a for a, _ in filter(None, (latent, replies)) if a not in self._shared]
+        if lost:
+            raise NotPrepared(f"worker {self.rank} has not mapped arena {lost[0]} (restarted?)")
+        if latent:
+            frames = (array(self._shared[latent[0]], 0, latent[1]),)
+        into = [array(self._shared[replies[0]], o, s) for o, s in replies[1]] if replies else None
         x = frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1)
-        out, busy = self.predict(version, self._arrays, self.patches, x, items, epoch, reply)
+        out, busy = self.predict(version, self._arrays, self.patches, x, items, epoch, reply, into)
+        out = [] if into is not None else out
         return (*out, busy) if apart else (out, busy)
 
     def predict(self, version: str, conds: dict[str, dict], patches: dict | None, frames: np.ndarray,
                 items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None = None,
-                reply: bool = True) -> tuple[list[np.ndarray], float]:
+                reply: bool = True, into: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], float]:
         """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the whole latent, read
         only: under Ray one object-store copy per step shared by the node's workers, zero-copy).
         ``items``: per window ``(indices into frames (:func:`frame_index`), window, keep)``, anchors
@@ -238,7 +271,8 @@ class Worker:
 
         In a sequence-parallel group every member runs the same windows; ``epoch`` must be the
         world this worker joined (a restarted worker has none and refuses, so the executor
-        re-forms the world), and only the member with ``reply`` sends predictions back."""
+        re-forms the world), and only the member with ``reply`` sends predictions back (``into``:
+        written there instead, see :func:`emit`)."""
         if epoch != self.epoch:
             raise RuntimeError(f"worker {self.rank} is not in process group {epoch} (it is in {self.epoch})")
         t0 = time.perf_counter()
@@ -258,7 +292,7 @@ class Worker:
             p = adapter.predict(x[:, idx], torch.from_numpy(np.asarray(w.timestep)), self._cond(w.cond),
                                 role=w.role, anchor_key=anchor, **extra)
             if keep and reply:
-                out.append(p.cpu().numpy())
+                emit(p, out, into)
         busy = time.perf_counter() - t0
         self.busy += busy
         return out, busy
@@ -303,6 +337,20 @@ class Worker:
     def decode(self, latent: np.ndarray, skip: int, chunk: int) -> np.ndarray:
         """All pixels of ``latent[:, skip:]`` as one uint8 ``[n, H, W, 3]`` array."""
         return np.concatenate(list(self.iter_decode(latent, chunk, skip)))
+
+
+def emit(p: torch.Tensor, out: list, into: list[np.ndarray] | None) -> None:
+    """Keep window prediction ``p`` (fp32 ``[C, L, h, w]``): appended to ``out`` as a numpy array,
+    or with ``into`` (views of the coordinator's reply arena, one per kept prediction, in order)
+    copied into the next of those (from a GPU: one device-to-host copy), ``None`` in ``out``."""
+    if into is None:
+        out.append(p.cpu().numpy())
+        return
+    dst = into[len(out)]
+    if tuple(p.shape) != dst.shape or p.dtype != torch.float32:
+        raise ValueError(f"prediction {p.dtype} {tuple(p.shape)} does not fit its reply slot float32 {dst.shape}")
+    torch.from_numpy(dst).copy_(p)
+    out.append(None)
 
 
 def frame_index(frames: Sequence[int]) -> slice | list[int]:

@@ -62,6 +62,7 @@ def denoise(latent: torch.Tensor, state: SamplerState, planner: Planner, executo
         preds = executor.predict(latent, windows)
         t1 = time.perf_counter()
         merged = plan.merge(preds, out=buf)  # [C, F, h, w]
+        del preds  # the executor may reuse their memory next step (a direct plan's merged is one)
         t2 = time.perf_counter()
         stepped = state.step(merged, i, latent)
         latent = planner.refine(executor.space, stepped, latent, merged, state.scheduler, i)
