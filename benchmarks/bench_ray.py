@@ -24,19 +24,24 @@ the driver and in every worker (OMP_NUM_THREADS=1 before torch is imported).
     (a) and (b) interleave local / ray1 / ray2 runs, rotating who goes first each round, and
     compare medians; the three final latents are checked for bit-equality.
 (c) Coordinator data path for one ``glc`` step at a real 1-minute Wan latent [16, 241, 60, 104]
-    fp32 (961 frames at 480x832; 24.1 M values = 96 MB), no model. The REAL ``RayExecutor`` is
-    constructed and driven (real __init__: placement group, actors; real ``predict()``: the same
-    ``shard()``, one ``ray.put`` of the latent per step that every worker maps zero-copy, the
-    object-store round trip of the predictions, one object each, torch views of the results,
-    bytes/transfer/busy metrics), with only its actor class swapped,
-    inside this process, for ``NoopWorker`` below (``ray_executor.Worker`` is replaced before the
-    executor is constructed): same ``prepare`` / ``predict_step`` calls, same data handling as
-    ``Worker.predict`` (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, only
-    kept windows returned), but the "prediction" is a fresh copy of the window's input frames. Windows carry
-    their timestep as ``denoise`` sets it. Then ``plan.merge(preds, out=buf)`` (WLS merge of both
-    paths + GLC fusion) into one buffer allocated before the steps, as ``denoise`` merges. (predict + merge) per step is compared with a plain ``np.copyto`` of as many
-    bytes as the executor reports moved (the latent put once + the predictions returned), and
-    also with a copy of one latent. Target <= 4x.
+    fp32 (961 frames at 480x832; 24.1 M values = 96 MB), no model, run twice: with the
+    shared-memory arenas (the default: the latent copied once per step into an arena every
+    worker of the node maps, each worker's predictions written into its reply arena, which the
+    merge reads in place) and with the object store only (``shared_memory=False``: one
+    ``ray.put`` of the latent per step mapped zero-copy by the workers, one object of
+    predictions per worker returned). The REAL ``RayExecutor`` is constructed and driven (real
+    __init__: placement group, actors; real ``predict()``: the same ``shard()``, arenas or
+    objects, torch views of the results, bytes/transfer/busy metrics), with only its actor class
+    swapped, inside this process, for ``NoopWorker`` below (``ray_executor.Worker`` is replaced
+    before the executor is constructed): a ``Worker`` subclass with the real ``prepare`` and
+    ``predict_step`` whose ``predict`` handles the data as ``Worker.predict`` does
+    (``as_tensor(frames)`` without a copy, ``x[:, idx]`` per window, kept windows through
+    ``emit``), but whose "prediction" is a fresh copy of the window's input frames. Windows
+    carry their timestep as ``denoise`` sets it. Then ``plan.merge(preds, out=buf)`` (WLS merge
+    of both paths + GLC fusion) into one buffer allocated before the steps, as ``denoise``
+    merges. (predict + merge) per step is compared with a plain ``np.copyto`` of as many bytes
+    as the executor reports moved (the latent sent once + the predictions returned), and also
+    with a copy of one latent. Target <= 4x.
 
 Prints only; never asserts on time (shared, noisy 2-core box) and exits 0.
 """
@@ -62,6 +67,8 @@ import traceback  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from importlib import metadata  # noqa: E402
 
+from longvid_dist.runtime.worker import Worker  # noqa: E402
+
 TARGET_SPEEDUP = 1.8
 TARGET_OVERHEAD = 1.10
 TARGET_DATAPATH = 4.0
@@ -84,6 +91,8 @@ def _args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-c", action="store_true", help="skip the 1-minute-latent data path part")
     p.add_argument("--only-c", action="store_true", help="run only the 1-minute-latent data path part")
+    p.add_argument("--object-store", action="store_true",
+                   help="in (a)/(b) also interleave 'ray1os': 1 worker with shared_memory=False (Ray objects only)")
     a = p.parse_args(argv)
     if a.configs is None:
         a.configs = "241x64" if a.quick else "241x64,241x128,961x64"
@@ -177,23 +186,13 @@ def _bounds(windows, shard, cost, workers=2):
 
 
 # -- (c) no-op actor ---------------------------------------------------------------------------
-class NoopWorker:
-    """Stands in for ``runtime.worker.Worker`` without a model. Same constructor arguments and
-    ``prepare`` / ``predict_step`` calls; same handling of the data (``as_tensor(frames)``,
-    ``x[:, idx]`` per window, only kept windows returned), but the "prediction" is a fresh copy
-    of the window's own input frames (a model's output is a fresh array; ``x[:, idx]`` is a
-    view when the window's frames are evenly spaced). Imports are local so Ray ships the class
-    by value from ``__main__``."""
-
-    def __init__(self, family, source, device="cpu", dtype="float32", threads=0, rank=0, group=(0,),
-                 offload="none", keep_text_encoders=False, lora=()):
-        import torch
-
-        torch.set_num_threads(max(threads, 1))
-        self.busy = 0.0
-
-    def pid(self) -> int:
-        return os.getpid()
+class NoopWorker(Worker):
+    """``runtime.worker.Worker`` without a model: the real ``prepare`` bookkeeping and
+    ``predict_step`` (shared-memory arenas or Ray objects in and out, exactly as a real worker),
+    and ``Worker.predict``'s handling of the data (``as_tensor(frames)``, ``x[:, idx]`` per window,
+    only kept windows kept, through ``emit``), but the "prediction" is a fresh copy of the
+    window's own input frames (a model's output is a fresh array; ``x[:, idx]`` is a view when
+    the window's frames are evenly spaced). Ray ships this class by value from ``__main__``."""
 
     def warm(self) -> bool:
         return True
@@ -202,24 +201,24 @@ class NoopWorker:
         return None
 
     def prepare(self, version, conds, patches):
+        self.prepared = version
         return True
 
-    def predict_step(self, version, items, epoch, reply, apart, *frames):
-        import numpy as np
+    def predict(self, version, conds, patches, frames, items, epoch=None, reply=True, into=None):
         import torch
 
-        from longvid_dist.runtime.worker import as_tensor
+        from longvid_dist.runtime.worker import as_tensor, emit
 
         t0 = time.perf_counter()
-        x = as_tensor(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1))  # [C, n, h, w]
+        x = as_tensor(frames)  # [C, n, h, w]
         out = []
         for idx, w, keep in items:
-            y = x[:, idx].clone(memory_format=torch.contiguous_format).numpy()  # no-op "prediction"
+            y = x[:, idx].clone(memory_format=torch.contiguous_format)  # no-op "prediction"
             if keep and reply:
-                out.append(y)
+                emit(y, out, into)
         busy = time.perf_counter() - t0
         self.busy += busy
-        return (*out, busy) if apart else (out, busy)
+        return out, busy
 
 
 class _MemWatch:
@@ -287,8 +286,9 @@ def main(argv=None) -> int:
     # 3 logical CPUs: the 1-worker and the 2-worker executors (1 + 2 one-CPU bundles) stay up side
     # by side to be interleaved; only one of them computes at a time, on the 2 physical cores.
     t0 = time.perf_counter()
-    connect(None, quiet=True, num_cpus=3)
-    print(f"local Ray started in {time.perf_counter() - t0:.1f}s (3 logical CPUs, no dashboard)")
+    ncpu = 4 if a.object_store else 3  # one logical CPU per actor
+    connect(None, quiet=True, num_cpus=ncpu)
+    print(f"local Ray started in {time.perf_counter() - t0:.1f}s ({ncpu} logical CPUs, no dashboard)")
 
     rows = []  # (metric, measured, target, ok)
     try:
@@ -299,6 +299,9 @@ def main(argv=None) -> int:
         ray1 = RayExecutor("wan", src, ParallelConfig(workers=1), device="cpu", dtype="float32", cpus_per_worker=1)
         ray2 = RayExecutor("wan", src, ParallelConfig(workers=2), device="cpu", dtype="float32", cpus_per_worker=1)
         exs = {"local": local, "ray1": ray1, "ray2": ray2}
+        if a.object_store:
+            exs["ray1os"] = RayExecutor("wan", src, ParallelConfig(workers=1, shared_memory=False), device="cpu",
+                                        dtype="float32", cpus_per_worker=1)
         for ex in exs.values():
             ex.set_conditions({"main": (PROMPT, NEGATIVE)}, a.guidance)
         print(f"executors local / ray1 / ray2 created and conditioned in {time.perf_counter() - t0:.1f}s (untimed)")
@@ -306,14 +309,19 @@ def main(argv=None) -> int:
             for j, cfg in enumerate(a.cfgs):
                 rows += _bench_render(a, cfg, exs, adapter.space, native, recipe, rx, first=j == 0)
         finally:
-            ray1.close()
-            ray2.close()
+            for n in ("ray1", "ray2", "ray1os"):
+                if n in exs:
+                    exs[n].close()
         del local, adapter, exs
         gc.collect()
 
         if not a.skip_c:
             try:
-                rows += _bench_datapath(a, recipe, native, rx, src)
+                arena = _bench_datapath(a, recipe, native, rx, src, shared=True)
+                store = _bench_datapath(a, recipe, native, rx, src, shared=False)
+                rows += arena[:2] + store[:2]
+                print(f"\n(c) shared-memory arenas vs object store only, per step (predict + merge): "
+                      f"{1e3 * arena[2]:.0f} ms vs {1e3 * store[2]:.0f} ms = {arena[2] / store[2]:.2f}x")
             except Exception:  # report, keep the other results, exit 0
                 traceback.print_exc()
                 print("(c) could not run: see the traceback above")
@@ -428,7 +436,7 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
     cap = []
     finals = {}
     for r in range(repeats):
-        order = names[r % 3:] + names[:r % 3]  # rotate who goes first
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
         line = []
         for n in order:
             wall, res, m, cpu, dc = run(n)
@@ -462,11 +470,16 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
           f"box capacity (2 CPU-bound processes vs 1, median) {capm:.2f}x]")
     print(f"(b) ray1/local   = {overhead:.3f}x (median of per-round ratios {pair_overhead:.3f}x), target <= "
           f"{TARGET_OVERHEAD:.2f}x -> {_verdict(ok_b)}")
+    if "ray1os" in med:
+        print(f"    Ray objects only (shared_memory=False): ray1os/local = {med['ray1os'] / med['local']:.3f}x (median of "
+              f"per-round ratios {_med([x / y for x, y in zip(times['ray1os'], times['local'])]):.3f}x); ray1/ray1os = "
+              f"{med['ray1'] / med['ray1os']:.3f}x; final latent bit-equal to local: "
+              f"{torch.equal(finals['ray1os'], finals['local'])}")
 
     # Where the time goes, per step (means over the timed runs).
     sp = {n: {k: _mean([getattr(x, k) for x in steps[n]]) for k in ("predict", "merge", "sched")} for n in names}
     n_win = _mean([x.windows for x in steps["local"]])
-    busy_tot = {n: sum(sum(x["worker_busy"]) for x in mets[n]) for n in ("ray1", "ray2")}
+    busy_tot = {n: sum(sum(x["worker_busy"]) for x in mets[n]) for n in names if n != "local"}
     print("  per step, ms     predict   merge  sched+refine | transfer  worker busy max/min  bytes moved | "
           "worker on-CPU while busy | driver CPU/step | Ray daemons CPU/step")
     for n in names:
@@ -510,7 +523,7 @@ def _bench_render(a, cfg, exs, space, native, recipe, rx, first=True):
             (f"(b) ray1/local, {label}", overhead, f"<={TARGET_OVERHEAD:.2f}", ok_b, None)]
 
 
-def _bench_datapath(a, recipe, native, rx, src):
+def _bench_datapath(a, recipe, native, rx, src, shared=True):
     import numpy as np
     import torch
 
@@ -521,14 +534,17 @@ def _bench_datapath(a, recipe, native, rx, src):
     from longvid_dist.sampling.state import SamplerState
 
     C, F, h, w = WAN_1MIN
-    print(f"\n== (c) coordinator data path: {a.recipe} step on a 1-minute Wan latent {list(WAN_1MIN)} fp32, "
-          f"2 no-op actors, native window {native}")
+    mode = "arenas" if shared else "object store"
+    print(f"\n== (c) [{mode}] coordinator data path: {a.recipe} step on a 1-minute Wan latent {list(WAN_1MIN)} fp32, "
+          f"2 no-op actors, native window {native}, "
+          f"{'shared-memory arenas (the default)' if shared else 'object store only (shared_memory=False)'}")
     # The real executor with only its actor class swapped (in this process; no file is touched):
     # RayExecutor makes its actors from ray_executor.Worker when it is constructed.
     real_worker = rx.Worker
     rx.Worker = NoopWorker
     try:
-        ex = rx.RayExecutor("wan", src, ParallelConfig(workers=2), device="cpu", dtype="float32", cpus_per_worker=1)
+        ex = rx.RayExecutor("wan", src, ParallelConfig(workers=2, shared_memory=shared), device="cpu",
+                            dtype="float32", cpus_per_worker=1)
     finally:
         rx.Worker = real_worker
     try:
@@ -571,10 +587,10 @@ def _bench_datapath(a, recipe, native, rx, src):
                     gc.enable()
                 assert merged.shape == latent.shape
                 du = ([b - c for b, c in zip(u1, u0)], [b - c for b, c in zip(u2, u1)])
-                return t1 - t0, t2 - t1, ex.metrics[m0], du, plan, preds
+                return t1 - t0, t2 - t1, ex.metrics[m0], du, plan, preds[0].nbytes  # preds dropped, as denoise drops them
 
             t0 = time.perf_counter()
-            *_, plan, preds = step(0)  # warm-up: first object-store allocations, actors' first call
+            *_, plan, pred_bytes = step(0)  # warm-up: first arenas or object-store allocations, actors' first call
             print("data path: RayExecutor.predict (real executor, NoopWorker actors)")
             wins = plan.windows
             n_g = sum(x.path == "global" for x in wins)
@@ -584,8 +600,8 @@ def _bench_datapath(a, recipe, native, rx, src):
             print(f"warm-up step {time.perf_counter() - t0:.2f}s; windows/step {n_g} global + {len(wins) - n_g} "
                   f"local of {len(wins[0])} frames (+{sum(len(e) for _, e in calls)} recomputed anchors); "
                   f"frames read per worker {need} of {F} (one shared copy sent); latent {_mb(latent.nbytes)}, one window's pred "
-                  f"{_mb(preds[0].nbytes)}")
-            del preds, plan
+                  f"{_mb(pred_bytes)}")
+            del plan
 
             tp, tm, tc, mets, us = [], [], [], [], []
             last = ex.metrics[-1]["bytes_moved"]
@@ -648,11 +664,14 @@ def _bench_datapath(a, recipe, native, rx, src):
             (pc, ps, pf), (mc, ms, mf) = ([_mean([u[j][k] for u in us]) for k in range(3)] for j in range(2))
             lat_ms = 1e3 * latent.nbytes / (gbps * 1e9)
             print(f"  where the time goes (per step): bytes moved {_mb(moved)} = sent {_mb(sent)} ({sent / latent.nbytes:.2f}"
-                  f" latents: put once per step, shared zero-copy by the workers on the node) + "
+                  f" latents: written once per step {'into the latent arena' if shared else 'by ray.put'}, "
+                  f"read in place by the workers on the node) + "
                   f"returned {_mb(back)} ({back / latent.nbytes:.2f} latents: windows overlap ~{back / latent.nbytes:.0f}x)")
-            print(f"    predict {1e3 * _med(tp):.0f} ms = executor 'transfer' {1e3 * transfer:.0f} (ray.put of the "
-                  f"latent [{1e3 * t_slice:.0f} alone], object-store put/get, torch views of results) + slowest no-op actor busy "
-                  f"{1e3 * busy_max:.0f} (a fresh copy of x[:, idx] per window from the mapped latent, as a model output); driver CPU "
+            print(f"    predict {1e3 * _med(tp):.0f} ms = executor 'transfer' {1e3 * transfer:.0f} ("
+                  f"{'latent copied into its arena, offsets in the calls, views of the reply arenas' if shared else 'ray.put of the latent, object-store put/get of the replies, views of them'}; "
+                  f"a ray.put of the latent alone {1e3 * t_slice:.0f}) + slowest no-op actor busy "
+                  f"{1e3 * busy_max:.0f} (a fresh copy of x[:, idx] per window from the mapped latent, as a model output"
+                  f"{', then emit() into the reply arena' if shared else ''}); driver CPU "
                   f"{1e3 * pc:.0f} ms ({1e3 * ps:.0f} sys, {pf / 1e3:.0f}k page faults)")
             print(f"    merge {1e3 * _med(tm):.0f} ms in the step (driver CPU {1e3 * mc:.0f} ms, {1e3 * ms:.0f} sys, "
                   f"{mf / 1e3:.0f}k page faults) vs {1e3 * (t1 - t0):.0f} ms alone = WLS global {1e3 * (t2 - t1):.0f} + "
@@ -664,9 +683,11 @@ def _bench_datapath(a, recipe, native, rx, src):
               f"object store, other tenants included); driver peak RSS over the whole run {_mb(ru)}")
     finally:
         ex.close()
-    return [("(c) 1-min latent (predict+merge)/memcpy", ratio, f"<={TARGET_DATAPATH:.1f}", ok, None),
-            ("(c) 1-min latent (transfer+merge)/memcpy, coordinator", ratio_coord, f"<={TARGET_DATAPATH:.1f}",
-             ratio_coord <= TARGET_DATAPATH, None)]
+    return [(f"(c) [{mode}] 1-min latent data path (transfer+merge)/memcpy", ratio_coord,
+             f"<={TARGET_DATAPATH:.1f}", ratio_coord <= TARGET_DATAPATH, None),
+            (f"(c) [{mode}]   with the no-op actors' copies (predict+merge)/memcpy", ratio, f"<={TARGET_DATAPATH:.1f}",
+             ok, None),
+            _med([p + m for p, m in zip(tp, tm)])]
 
 
 if __name__ == "__main__":
