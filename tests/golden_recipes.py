@@ -1,10 +1,16 @@
 """Golden renders: every builtin recipe's frames (and final latent) at a small fixed geometry on
-``tiny-wan``, recorded once as hashes (plus per-frame means, to say where a difference starts)
-and compared bit for bit by ``tests/test_golden.py``.
+``tiny-wan``, recorded as hashes (plus per-frame means, to say where a difference starts) and
+compared bit for bit by ``tests/test_golden.py``.
 
-A refactor of the engine must leave every output identical; an issue that changes a recipe's
-output on purpose regenerates that recipe's entry (``python -m tests.golden_recipes NAME ...``) and
-says so in its note. Renders run in-process (``LocalExecutor``) with one torch thread.
+The last bits of a float render depend on the machine's numerics (the CPU's instruction set and
+the kernels MKL picks for it), not only on the code: the record holds one set of digests per
+kind of machine it was made on, and a machine is held to the set whose ``direct`` render (the
+stock sampler, no method) it reproduces. A refactor of the engine must leave every output
+identical. An issue that changes a recipe's output on purpose re-records it
+(``python -m tests.golden_recipes NAME ...``) in this machine's set and says so in its note; the
+other sets cannot be re-made here and are dropped. ``--new-set LABEL`` records every recipe as
+the set of a kind of machine new to the record (run it on an unchanged engine: ``git stash``).
+Renders run in-process (``LocalExecutor``) with one torch thread.
 """
 
 from __future__ import annotations
@@ -47,7 +53,15 @@ def render_golden(name: str, adapter) -> dict:
             "frame_means": [round(float(m), 4) for m in frames.reshape(len(frames), -1).mean(1)]}
 
 
+def matching_set(sets: list[dict], adapter) -> int | None:
+    """Index of the set whose ``direct`` digest this machine reproduces, or None."""
+    got = render_golden("direct", adapter)
+    return next((i for i, st in enumerate(sets) if st["recipes"]["direct"] == got), None)
+
+
 def main(argv: list[str]) -> int:
+    import argparse
+
     import torch
 
     torch.set_num_threads(1)
@@ -55,13 +69,35 @@ def main(argv: list[str]) -> int:
     from longvid_dist.models.tiny import tiny_model_path
     from longvid_dist.models.wan import WanAdapter
 
+    p = argparse.ArgumentParser(prog="python -m tests.golden_recipes")
+    p.add_argument("names", nargs="*", help="recipes to re-record in this machine's set (default: all)")
+    p.add_argument("--new-set", metavar="LABEL", help="record every recipe as a new set for this machine's numerics")
+    a = p.parse_args(argv)
     adapter = WanAdapter.load(str(tiny_model_path("tiny-wan")))
-    names = argv or builtin_names()
-    data = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    data = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {"sets": []}
     data["geometry"] = GEOMETRY
+    if a.new_set:
+        if matching_set(data["sets"], adapter) is not None:
+            print("this machine already reproduces a recorded set; nothing added", file=sys.stderr)
+            return 2
+        data["sets"].append({"recorded_on": a.new_set, "recipes": {}})
+        mine, names = data["sets"][-1], builtin_names()
+    else:
+        k = matching_set(data["sets"], adapter) if data["sets"] else None
+        if k is None and data["sets"]:
+            print("no recorded set reproduces 'direct' here: record this machine with --new-set LABEL", file=sys.stderr)
+            return 2
+        if k is None:
+            data["sets"].append({"recorded_on": "first record", "recipes": {}})
+            k = 0
+        mine, names = data["sets"][k], a.names or builtin_names()
+        dropped = [st["recorded_on"] for st in data["sets"] if st is not mine]
+        if dropped:
+            print(f"dropping the sets of other machines (they cannot be re-made here): {dropped}", file=sys.stderr)
+        data["sets"] = [mine]
     for name in names:
-        data.setdefault("recipes", {})[name] = render_golden(name, adapter)
-        print(name, data["recipes"][name]["frames_sha256"][:12], flush=True)
+        mine["recipes"][name] = render_golden(name, adapter)
+        print(name, mine["recipes"][name]["frames_sha256"][:12], flush=True)
     GOLDEN.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 
