@@ -27,8 +27,9 @@ forwards one after another; their rows count forwards per render instead of wind
 
 Defaults: ``window_s`` and ``decode_s`` from ``plan_cost``'s table for Wan2.1-1.3B on an
 H100-class GPU (both CFG passes); the coordinator's per-byte costs measured on this machine at
-start (a memcpy and a WLS merge of a 1-minute latent); ``overhead_s`` 10 ms (Ray(1) - local at
-small windows, bench_ray (b)). All are flags.
+start (a memcpy and a WLS merge of a 1-minute latent); ``overhead_s`` 5 ms (Ray(1) - local per
+step at small windows, bench_ray (b): 4-7 ms since steps use the shared-memory arenas, 10 ms
+before). All are flags.
 
 ``--validate`` measures the same inputs with the tiny model on this machine (per-window cost on
 a LocalExecutor, Ray round trip, memcpy, merge), predicts the per-step time of 1 and 2 Ray
@@ -65,7 +66,7 @@ def _args(argv=None):
     p.add_argument("--link-gbps", type=float, default=12.5, help="coordinator network link, GB/s (100 Gb/s)")
     p.add_argument("--mem-gbps", type=float, default=None, help="coordinator memcpy GB/s (default: measured)")
     p.add_argument("--merge-ns", type=float, default=None, help="merge ns per returned byte (default: measured)")
-    p.add_argument("--overhead-s", type=float, default=0.010, help="fixed coordinator cost per step, seconds")
+    p.add_argument("--overhead-s", type=float, default=0.005, help="fixed coordinator cost per step, seconds")
     p.add_argument("--encode-fps", type=float, default=120.0, help="mp4 encode at the coordinator, frames/s")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
