@@ -49,7 +49,9 @@ class Executor(ABC):
     @abstractmethod
     def predict(self, latent: torch.Tensor, windows: list[Window]) -> list[torch.Tensor]:
         """Guided predictions ``[C, len(w), h, w]`` for each window at its own noise level
-        (``Window.timestep``), in the order given."""
+        (``Window.timestep``), in the order given. They may be views of an executor's buffers:
+        read them before the next call, or keep them alive (a buffer still viewed is not
+        reused); never write into them."""
 
     @abstractmethod
     def decode(self, latent: torch.Tensor, chunk: int) -> Iterator[np.ndarray]:

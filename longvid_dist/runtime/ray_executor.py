@@ -4,9 +4,11 @@ Every actor is a :class:`~longvid_dist.runtime.worker.Worker` (the class ``Local
 runs in-process) owning one GPU (``num_gpus=1``) or, on a CPU-only cluster,
 ``cpus_per_worker`` CPUs (torch's thread count is set to match); it loads its replica lazily
 with the same adapter code as local runs. Per step the coordinator balances windows over the
-worker groups by cost, puts the latent into the object store once (each node's workers map that
-one copy zero-copy and slice the frames their windows read; numpy, DESIGN decision 7), and gets
-numpy predictions back that the loop's merge reads in place. Conditioning
+worker groups by cost and hands them the latent: to the workers of its own node through
+shared-memory arenas kept for the render (:mod:`~longvid_dist.runtime.shm`: the latent copied into
+one, each worker's predictions written into its own), to other nodes' workers through the object
+store (put once per step, mapped zero-copy by each node's workers; numpy, DESIGN decision 7),
+predictions coming back as objects. The loop's merge reads predictions in place. Conditioning
 embeddings are encoded once per render and passed by object reference.
 
 Every phase survives a worker loss (DESIGN decision 4): model load, prompt encoding, predict

@@ -264,7 +264,8 @@ class Worker:
                 items: list[tuple[list[int] | slice, Window, bool]], epoch: int | None = None,
                 reply: bool = True, into: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], float]:
         """Guided predictions of windows over ``frames`` ``[C, n, h, w]`` (the whole latent, read
-        only: under Ray one object-store copy per step shared by the node's workers, zero-copy).
+        only: under Ray one copy per step shared by the node's workers, zero-copy, in the
+        coordinator's latent arena or the object store).
         ``items``: per window ``(indices into frames (:func:`frame_index`), window, keep)``, anchors
         before their followers; returns the kept predictions ``[C, len(window), h, w]`` and the
         busy seconds. Each window's noise level is its ``timestep``.
